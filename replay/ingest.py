@@ -1,0 +1,303 @@
+"""Ingest of interaction-log files (JSONL, optionally gzip) into the database.
+
+Each non-blank line is decoded, parsed and validated (`replay.records`); good records
+are written in bulk (one INSERT ... ON CONFLICT DO NOTHING per batch, no ORM objects),
+bad lines are reported with their line number and field and copied, with the error,
+into a quarantine file. A bad line never costs a good one. Ingesting the same file
+twice adds nothing: a record's identity is its id within its source, else the hash of
+its canonical content.
+
+It does not decide where files come from (CLI, spool folder, HTTP: see `daemon/`).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Engine, Table, insert
+
+from replay.models import Interaction, PreferencePair
+from replay.records import NormalizedRecord, RecordError, parse_record
+
+MAX_REPORTED_ERRORS = 20
+_PREVIEW_BYTES = 2_000
+_TABLES: dict[str, Table] = {
+    "interactions": Interaction.__table__,  # type: ignore[dict-item]
+    "preference_pairs": PreferencePair.__table__,  # type: ignore[dict-item]
+}
+
+
+@dataclass(frozen=True)
+class LineError:
+    """One rejected line: where it was and why."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did. `errors` holds the first few rejections; all are quarantined."""
+
+    files: list[str] = field(default_factory=list)
+    read: int = 0
+    ingested: int = 0
+    ingested_interactions: int = 0
+    ingested_pairs: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    errors: list[LineError] = field(default_factory=list)
+    quarantine_files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "read": self.read,
+            "ingested": self.ingested,
+            "ingested_interactions": self.ingested_interactions,
+            "ingested_pairs": self.ingested_pairs,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "errors": [{"file": e.file, "line": e.line, "message": e.message} for e in self.errors],
+            "quarantine_files": self.quarantine_files,
+        }
+
+
+ProgressFn = Callable[[int], None]
+"""Called with the number of (compressed) bytes of the file read so far."""
+
+
+def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
+    """(line reader, raw file): the raw file's position measures progress."""
+    raw = path.open("rb")
+    magic = raw.read(2)
+    raw.seek(0)
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
+    return raw, raw
+
+
+def _lines(reader: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes without the newline); None for a line over `max_bytes`."""
+    number = 0
+    while True:
+        chunk = reader.readline(max_bytes + 2)
+        if not chunk:
+            return
+        number += 1
+        if len(chunk) > max_bytes + 1 or (
+            len(chunk) == max_bytes + 1 and not chunk.endswith(b"\n")
+        ):
+            # Over the limit: skip the rest of the line without holding it in memory.
+            while not chunk.endswith(b"\n"):
+                chunk = reader.readline(1 << 20)
+                if not chunk:
+                    break
+            yield number, None
+            continue
+        yield number, chunk.rstrip(b"\r\n")
+
+
+class _Quarantine:
+    """Rejected lines of one input file, written to a temporary file then renamed."""
+
+    def __init__(self, folder: Path | None, source: str, input_path: Path) -> None:
+        self.folder = folder
+        self.final: Path | None = None
+        self._tmp: Path | None = None
+        self._fh: IO[str] | None = None
+        if folder is not None:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{source}-{input_path.name}")
+            self.final = folder / f"{stamp}-{safe}.rejected.jsonl"
+
+    def add(self, path: Path, number: int, error: str, raw: bytes | None) -> None:
+        if self.final is None:
+            return
+        if self._fh is None:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = self.final.with_name(self.final.name + ".tmp")
+            self._fh = self._tmp.open("w", encoding="utf-8")
+        entry: dict[str, Any] = {"file": str(path), "line": number, "error": error}
+        if raw is None:
+            entry["raw"] = None
+        else:
+            try:
+                entry["raw"] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                entry["raw_base64"] = base64.b64encode(raw).decode("ascii")
+        self._fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def close(self) -> Path | None:
+        if self._fh is None or self._tmp is None or self.final is None:
+            return None
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self._tmp, self.final)
+        return self.final
+
+
+def parse_line(raw: bytes) -> NormalizedRecord:
+    """Decode and validate one line; raise `RecordError` saying what is wrong."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"not UTF-8 (byte {exc.start}: {exc.reason})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    return parse_record(obj)
+
+
+class _Writer:
+    """Collects normalized records and writes them in batches."""
+
+    def __init__(self, engine: Engine, source: str, report: IngestReport, batch_size: int):
+        self.engine = engine
+        self.source = source
+        self.report = report
+        self.batch_size = batch_size
+        self.pending: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in _TABLES}
+        self.count = 0
+        self._stmts = {name: self._insert(table) for name, table in _TABLES.items()}
+
+    def _insert(self, table: Table) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table).on_conflict_do_nothing(index_elements=["record_key"])
+        if self.engine.dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            return sqlite_insert(table).on_conflict_do_nothing(index_elements=["record_key"])
+        return insert(table).prefix_with("OR IGNORE")
+
+    def add(self, record: NormalizedRecord, received_at: datetime) -> None:
+        key = record.record_key(self.source)
+        bucket = self.pending[record.table]
+        if key in bucket:
+            self.report.duplicates += 1
+        else:
+            row = dict(record.row)
+            row["record_key"] = key
+            row["source"] = self.source
+            row["external_id"] = record.external_id
+            row["content_hash"] = record.content_hash
+            row["received_at" if record.table == "interactions" else "created_at"] = received_at
+            bucket[key] = row
+            self.count += 1
+        if self.count >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.count:
+            return
+        with self.engine.begin() as conn:
+            for name, rows in self.pending.items():
+                if not rows:
+                    continue
+                result = conn.execute(self._stmts[name], list(rows.values()))
+                inserted = result.rowcount
+                self.report.duplicates += len(rows) - inserted
+                self.report.ingested += inserted
+                if name == "interactions":
+                    self.report.ingested_interactions += inserted
+                else:
+                    self.report.ingested_pairs += inserted
+        self.pending = {t: {} for t in _TABLES}
+        self.count = 0
+
+
+def ingest_files(
+    engine: Engine,
+    paths: list[Path],
+    *,
+    source: str,
+    quarantine_dir: Path | None,
+    max_line_bytes: int = 1_048_576,
+    batch_size: int = 5_000,
+    on_file: Callable[[Path, int], ProgressFn] | None = None,
+) -> IngestReport:
+    """Ingest each file in turn; return one report over all of them.
+
+    `on_file(path, size)` may return a progress callback for that file. Batches are
+    committed as they fill, so an interrupted ingest keeps what it wrote, and running
+    it again adds only what is missing.
+    """
+    report = IngestReport()
+    writer = _Writer(engine, source, report, batch_size)
+    for path in paths:
+        report.files.append(str(path))
+        progress = on_file(path, path.stat().st_size) if on_file else None
+        quarantine = _Quarantine(quarantine_dir, source, path)
+        received_at = datetime.now(UTC)
+        reader, raw = _open(path)
+        try:
+            for n, (number, line) in enumerate(_lines(reader, max_line_bytes)):
+                if progress is not None and n % 2048 == 0:
+                    progress(raw.tell())
+                if line is None:
+                    _reject(
+                        report,
+                        quarantine,
+                        path,
+                        number,
+                        f"line is longer than {max_line_bytes} bytes",
+                        None,
+                    )
+                    continue
+                if not line.strip():
+                    continue
+                report.read += 1
+                try:
+                    record = parse_line(line)
+                except RecordError as exc:
+                    _reject(report, quarantine, path, number, str(exc), line)
+                    continue
+                writer.add(record, received_at)
+            writer.flush()
+        except (OSError, EOFError) as exc:
+            # A truncated gzip or a read error: what was read so far is kept.
+            report.errors.append(LineError(str(path), -1, f"cannot read the file: {exc}"))
+            report.rejected += 1
+            writer.flush()
+        finally:
+            reader.close()
+            raw.close()
+            kept = quarantine.close()
+            if kept is not None:
+                report.quarantine_files.append(str(kept))
+        if progress is not None:
+            progress(path.stat().st_size)
+    return report
+
+
+def _reject(
+    report: IngestReport,
+    quarantine: _Quarantine,
+    path: Path,
+    number: int,
+    message: str,
+    raw: bytes | None,
+) -> None:
+    report.rejected += 1
+    if raw is None:
+        report.read += 1
+    if len(report.errors) < MAX_REPORTED_ERRORS:
+        report.errors.append(LineError(str(path), number, message))
+    quarantine.add(path, number, message, raw)

@@ -1,0 +1,317 @@
+"""The three accepted shapes of an interaction-log line, validated and normalized.
+
+Shapes (one JSON object per line):
+1. interaction: `messages` (OpenAI chat, last one from the assistant), optional
+   `feedback`, `reference`, `task`, `adapter`, `id`, `timestamp`, `metadata`;
+2. preference: `prompt` (messages), `chosen`, `rejected`, optional `task`, `id`,
+   `timestamp`, `metadata`;
+3. OpenAI request/response log: `request.messages` + `response.choices[0].message`,
+   mapped to an interaction.
+
+`parse_record` turns one decoded JSON object into a `NormalizedRecord` (a row ready for
+the database, with its identity key) or raises `RecordError` naming the field.
+Unknown top-level keys are kept under `metadata`. This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
+
+Role = Literal["system", "user", "assistant", "tool", "developer"]
+Text = Annotated[StrictStr, Field(min_length=1)]
+Label = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+RecordId = Annotated[StrictStr | StrictInt, Field()]
+
+
+class RecordError(ValueError):
+    """A line that is not a usable record; `field` names where (dotted path) when known."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __str__(self) -> str:
+        msg = super().__str__()
+        return f"{self.field}: {msg}" if self.field else msg
+
+
+def _text_content(value: Any) -> Any:
+    """OpenAI content may be a list of parts; text parts are joined, others refused."""
+    if isinstance(value, list):
+        texts = []
+        for i, part in enumerate(value):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise ValueError(f"content part {i} is not a text part ({{'type': 'text'}})")
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise ValueError(f"content part {i} has no string 'text'")
+            texts.append(text)
+        return "".join(texts)
+    return value
+
+
+class Message(BaseModel):
+    """One chat message; extra keys (name, tool_call_id, ...) are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: StrictStr
+
+    _split_parts = field_validator("content", mode="before")(_text_content)
+
+
+class Feedback(BaseModel):
+    """What the user said about the answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rating: Literal[-1, 0, 1] | None = None
+    correction: Text | None = None
+    comment: StrictStr | None = None
+
+    @field_validator("rating", mode="before")
+    @classmethod
+    def _integer_rating(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError("must be the integer -1, 0 or 1")
+        return value
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: RecordId | None = None
+    timestamp: datetime | None = None
+    task: Label | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class InteractionIn(_Common):
+    messages: list[Message]
+    feedback: Feedback | None = None
+    reference: StrictStr | None = None
+    adapter: Label | None = None
+
+
+class PreferenceIn(_Common):
+    prompt: list[Message] | Text
+    chosen: Text
+    rejected: Text
+
+
+class _Choice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    message: Message
+
+
+class _OpenAIRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    messages: list[Message]
+
+
+class _OpenAIResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    choices: Annotated[list[_Choice], Field(min_length=1)]
+    created: StrictInt | None = None
+    model: StrictStr | None = None
+
+
+class OpenAILogIn(_Common):
+    request: _OpenAIRequest
+    response: _OpenAIResponse
+    feedback: Feedback | None = None
+    reference: StrictStr | None = None
+    adapter: Label | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedRecord:
+    """A validated record: `table` is 'interactions' or 'preference_pairs', `row` its columns
+    (without `source`, `record_key`, timestamps of receipt)."""
+
+    table: str
+    external_id: str | None
+    content_hash: str
+    row: dict[str, Any]
+
+    def record_key(self, source: str) -> str:
+        if self.external_id is not None:
+            return f"id:{source}:{self.external_id}"
+        return f"sha256:{self.content_hash}"
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-before[_text_content(), str]",):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _validate(model: type[BaseModel], obj: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        raise RecordError(msg + extra, _field_path(err["loc"]) or None) from None
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _extras(model: BaseModel) -> dict[str, Any]:
+    return dict(model.__pydantic_extra__ or {})
+
+
+def _dump_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    return [m.model_dump() for m in messages]
+
+
+def canonical_json(value: Any) -> str:
+    """Key-sorted, compact JSON: equal content gives equal text (and equal hash)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def content_hash(value: Any) -> str:
+    """sha256 of `canonical_json(value)`, as hex."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def _check_conversation(messages: list[dict[str, Any]], field: str) -> None:
+    if not messages:
+        raise RecordError("the conversation is empty", field)
+    if messages[-1]["role"] != "assistant":
+        raise RecordError(
+            f"the last message must come from the assistant, not {messages[-1]['role']!r}",
+            f"{field}[{len(messages) - 1}].role",
+        )
+    if not any(m["role"] == "user" for m in messages[:-1]):
+        raise RecordError("no user message comes before the assistant's reply", field)
+
+
+def _interaction(
+    messages: list[dict[str, Any]],
+    common: _Common,
+    feedback: Feedback | None,
+    reference: str | None,
+    adapter: str | None,
+    metadata: dict[str, Any],
+) -> NormalizedRecord:
+    occurred_at = _utc(common.timestamp)
+    fb = feedback or Feedback()
+    row = {
+        "messages": messages,
+        "feedback_rating": fb.rating,
+        "feedback_correction": fb.correction,
+        "feedback_comment": fb.comment,
+        "reference": reference,
+        "task": common.task,
+        "adapter": adapter,
+        "meta": metadata,
+        "occurred_at": occurred_at,
+    }
+    hashed = dict(row, kind="interaction", occurred_at=occurred_at and occurred_at.isoformat())
+    external_id = None if common.id is None else str(common.id)
+    return NormalizedRecord("interactions", external_id, content_hash(hashed), row)
+
+
+def _parse_interaction(obj: dict[str, Any]) -> NormalizedRecord:
+    rec: InteractionIn = _validate(InteractionIn, obj)
+    messages = _dump_messages(rec.messages)
+    _check_conversation(messages, "messages")
+    metadata = {**rec.metadata, **_extras(rec)}
+    return _interaction(messages, rec, rec.feedback, rec.reference, rec.adapter, metadata)
+
+
+def _parse_openai(obj: dict[str, Any]) -> NormalizedRecord:
+    rec: OpenAILogIn = _validate(OpenAILogIn, obj)
+    reply = rec.response.choices[0].message
+    messages = [*_dump_messages(rec.request.messages), reply.model_dump()]
+    if reply.role != "assistant":
+        raise RecordError(
+            f"the response message must come from the assistant, not {reply.role!r}",
+            "response.choices[0].message.role",
+        )
+    _check_conversation(messages, "request.messages")
+    if rec.timestamp is None and rec.response.created is not None:
+        rec.timestamp = datetime.fromtimestamp(rec.response.created, UTC)
+    response_rest = {k: v for k, v in rec.response.model_dump().items() if k not in ("choices",)}
+    request_rest = {k: v for k, v in rec.request.model_dump().items() if k != "messages"}
+    metadata = {**rec.metadata, **_extras(rec)}
+    metadata["openai"] = {"request": request_rest, "response": response_rest}
+    adapter = rec.adapter or rec.response.model or request_rest.get("model")
+    if adapter is not None and not isinstance(adapter, str):
+        raise RecordError("must be a string", "request.model")
+    return _interaction(messages, rec, rec.feedback, rec.reference, adapter, metadata)
+
+
+def _parse_preference(obj: dict[str, Any]) -> NormalizedRecord:
+    rec: PreferenceIn = _validate(PreferenceIn, obj)
+    if isinstance(rec.prompt, str):
+        prompt = [{"role": "user", "content": rec.prompt}]
+    else:
+        prompt = _dump_messages(rec.prompt)
+        if not prompt:
+            raise RecordError("the prompt is empty", "prompt")
+        if prompt[-1]["role"] == "assistant":
+            raise RecordError(
+                "the prompt must not end with an assistant message",
+                f"prompt[{len(prompt) - 1}].role",
+            )
+    if rec.chosen == rec.rejected:
+        raise RecordError("chosen and rejected are the same text", "rejected")
+    occurred_at = _utc(rec.timestamp)
+    row = {
+        "prompt": prompt,
+        "chosen": rec.chosen,
+        "rejected": rec.rejected,
+        "task": rec.task,
+        "origin": "ingest",
+        "meta": {**rec.metadata, **_extras(rec)},
+        "occurred_at": occurred_at,
+    }
+    hashed = dict(row, kind="preference", occurred_at=occurred_at and occurred_at.isoformat())
+    external_id = None if rec.id is None else str(rec.id)
+    return NormalizedRecord("preference_pairs", external_id, content_hash(hashed), row)
+
+
+def parse_record(obj: Any) -> NormalizedRecord:
+    """Validate one decoded JSON value as one of the three shapes; raise `RecordError`."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"a record must be a JSON object, not {type(obj).__name__}")
+    if "messages" in obj:
+        return _parse_interaction(obj)
+    if "request" in obj or "response" in obj:
+        return _parse_openai(obj)
+    if "prompt" in obj or "chosen" in obj or "rejected" in obj:
+        return _parse_preference(obj)
+    raise RecordError(
+        "unrecognized record: expected 'messages' (interaction), 'prompt'/'chosen'/'rejected'"
+        " (preference) or 'request'/'response' (OpenAI log)"
+    )
