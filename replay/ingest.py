@@ -13,6 +13,9 @@ It does not decide where files come from (CLI, spool folder, HTTP: see `daemon/`
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
+import gc
 import gzip
 import json
 import os
@@ -23,7 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Engine, Table, insert
+import orjson
+from sqlalchemy import Connection, Engine, Table
+from sqlalchemy.exc import DBAPIError
 
 from replay.models import Interaction, PreferencePair
 from replay.records import NormalizedRecord, RecordError, parse_record
@@ -158,36 +163,95 @@ def parse_line(raw: bytes) -> NormalizedRecord:
     except UnicodeDecodeError as exc:
         raise RecordError(f"not UTF-8 (byte {exc.start}: {exc.reason})") from None
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
         raise RecordError(f"not JSON: {exc.msg} at column {exc.colno}") from None
     return parse_record(obj)
 
 
+class _BulkInsert:
+    """`INSERT ... ON CONFLICT (record_key) DO NOTHING` for one table, run as a DBAPI executemany.
+
+    This is the ingest's hot path, so it skips SQLAlchemy's per-row parameter
+    processing: JSON columns arrive already serialized (`NormalizedRecord.encoded`) and
+    other values go through each column type's own bind processor, which keeps what
+    is stored identical to what the ORM writes and reads back.
+    """
+
+    def __init__(self, engine: Engine, table: Table, json_columns: tuple[str, ...]) -> None:
+        dialect = engine.dialect
+        if dialect.name not in ("sqlite", "postgresql"):
+            raise NotImplementedError(f"ingest supports SQLite and PostgreSQL, not {dialect.name}")
+        self.columns = [c.name for c in table.columns if c.name != "id"]
+        self.json_columns = json_columns
+        self.processors: dict[str, Callable[[Any], Any]] = {}
+        for col in table.columns:
+            if col.name in self.columns and col.name not in json_columns:
+                proc = col.type.dialect_impl(dialect).bind_processor(dialect)
+                if proc is not None:
+                    # Only timestamps have processors on SQLite and PostgreSQL; they repeat
+                    # (one receipt time per file, log times per second), so memoize.
+                    self.processors[col.name] = functools.lru_cache(maxsize=4096)(proc)
+        quote = dialect.identifier_preparer.quote
+        mark = "?" if dialect.name == "sqlite" else "%s"
+        marks = [
+            f"{mark}::json" if dialect.name == "postgresql" and c in json_columns else mark
+            for c in self.columns
+        ]
+        self.sql = (
+            f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in self.columns)}) "
+            f"VALUES ({', '.join(marks)}) ON CONFLICT ({quote('record_key')}) DO NOTHING"
+        )
+
+    def params(self, row: dict[str, Any], encoded: dict[str, str]) -> tuple[Any, ...]:
+        row = {**row, **encoded}
+        for name, proc in self.processors.items():
+            value = row.get(name)
+            if value is not None:
+                row[name] = proc(value)
+        return tuple([row.get(name) for name in self.columns])
+
+    def execute(self, conn: Connection, rows: list[tuple[Any, ...]]) -> int:
+        """Insert `rows`; return how many were new (the rest hit an existing key)."""
+        result = conn.exec_driver_sql(self.sql, rows)
+        return int(result.rowcount)
+
+
+RejectFn = Callable[[int, str, bytes], None]
+"""Called with (line number, error, raw line) for a record the database refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    params: tuple[Any, ...]
+    line: int
+    raw: bytes
+
+
 class _Writer:
-    """Collects normalized records and writes them in batches."""
+    """Collects normalized records and writes them in batches, one transaction each.
+
+    If the database refuses a batch (a value one backend cannot hold, such as a NUL
+    character in PostgreSQL text), the batch is retried one row at a time, so that
+    only the refused rows are rejected, with the database's reason.
+    """
 
     def __init__(self, engine: Engine, source: str, report: IngestReport, batch_size: int):
         self.engine = engine
         self.source = source
         self.report = report
         self.batch_size = batch_size
-        self.pending: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in _TABLES}
+        self.pending: dict[str, dict[str, _Pending]] = {t: {} for t in _TABLES}
         self.count = 0
-        self._stmts = {name: self._insert(table) for name, table in _TABLES.items()}
+        self.reject: RejectFn = lambda line, message, raw: None
+        self.inserts = {
+            "interactions": _BulkInsert(engine, _TABLES["interactions"], ("messages", "meta")),
+            "preference_pairs": _BulkInsert(
+                engine, _TABLES["preference_pairs"], ("prompt", "meta")
+            ),
+        }
 
-    def _insert(self, table: Table) -> Any:
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            return pg_insert(table).on_conflict_do_nothing(index_elements=["record_key"])
-        if self.engine.dialect.name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            return sqlite_insert(table).on_conflict_do_nothing(index_elements=["record_key"])
-        return insert(table).prefix_with("OR IGNORE")
-
-    def add(self, record: NormalizedRecord, received_at: datetime) -> None:
+    def add(self, record: NormalizedRecord, received_at: datetime, line: int, raw: bytes) -> None:
         key = record.record_key(self.source)
         bucket = self.pending[record.table]
         if key in bucket:
@@ -199,28 +263,52 @@ class _Writer:
             row["external_id"] = record.external_id
             row["content_hash"] = record.content_hash
             row["received_at" if record.table == "interactions" else "created_at"] = received_at
-            bucket[key] = row
+            params = self.inserts[record.table].params(row, record.encoded)
+            bucket[key] = _Pending(params, line, raw)
             self.count += 1
         if self.count >= self.batch_size:
             self.flush()
 
+    def _count(self, table: str, attempted: int, inserted: int) -> None:
+        self.report.duplicates += attempted - inserted
+        self.report.ingested += inserted
+        if table == "interactions":
+            self.report.ingested_interactions += inserted
+        else:
+            self.report.ingested_pairs += inserted
+
     def flush(self) -> None:
         if not self.count:
             return
-        with self.engine.begin() as conn:
-            for name, rows in self.pending.items():
-                if not rows:
-                    continue
-                result = conn.execute(self._stmts[name], list(rows.values()))
-                inserted = result.rowcount
-                self.report.duplicates += len(rows) - inserted
-                self.report.ingested += inserted
-                if name == "interactions":
-                    self.report.ingested_interactions += inserted
-                else:
-                    self.report.ingested_pairs += inserted
+        try:
+            with self.engine.begin() as conn:
+                done = [
+                    (table, len(rows), self.inserts[table].execute(conn, [r.params for r in rows]))
+                    for table, rows in ((t, list(b.values())) for t, b in self.pending.items())
+                    if rows
+                ]
+            for table, attempted, inserted in done:
+                self._count(table, attempted, inserted)
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            self._flush_one_by_one()
         self.pending = {t: {} for t in _TABLES}
         self.count = 0
+
+    def _flush_one_by_one(self) -> None:
+        for table, bucket in self.pending.items():
+            for row in bucket.values():
+                try:
+                    with self.engine.begin() as conn:
+                        inserted = self.inserts[table].execute(conn, [row.params])
+                except DBAPIError as exc:
+                    if exc.connection_invalidated:
+                        raise
+                    reason = str(exc.orig).strip().splitlines()[0]
+                    self.reject(row.line, f"the database refused the record: {reason}", row.raw)
+                    continue
+                self._count(table, 1, inserted)
 
 
 def ingest_files(
@@ -241,50 +329,85 @@ def ingest_files(
     """
     report = IngestReport()
     writer = _Writer(engine, source, report, batch_size)
-    for path in paths:
-        report.files.append(str(path))
-        progress = on_file(path, path.stat().st_size) if on_file else None
-        quarantine = _Quarantine(quarantine_dir, source, path)
-        received_at = datetime.now(UTC)
-        reader, raw = _open(path)
-        try:
-            for n, (number, line) in enumerate(_lines(reader, max_line_bytes)):
-                if progress is not None and n % 2048 == 0:
-                    progress(raw.tell())
-                if line is None:
-                    _reject(
-                        report,
-                        quarantine,
-                        path,
-                        number,
-                        f"line is longer than {max_line_bytes} bytes",
-                        None,
-                    )
-                    continue
-                if not line.strip():
-                    continue
-                report.read += 1
-                try:
-                    record = parse_line(line)
-                except RecordError as exc:
-                    _reject(report, quarantine, path, number, str(exc), line)
-                    continue
-                writer.add(record, received_at)
-            writer.flush()
-        except (OSError, EOFError) as exc:
-            # A truncated gzip or a read error: what was read so far is kept.
-            report.errors.append(LineError(str(path), -1, f"cannot read the file: {exc}"))
-            report.rejected += 1
-            writer.flush()
-        finally:
-            reader.close()
-            raw.close()
-            kept = quarantine.close()
-            if kept is not None:
-                report.quarantine_files.append(str(kept))
-        if progress is not None:
-            progress(path.stat().st_size)
+    with _gc_paused():
+        for path in paths:
+            _ingest_file(path, writer, report, source, quarantine_dir, max_line_bytes, on_file)
     return report
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector during a bulk load.
+
+    Parsing allocates millions of short-lived dicts; the collector's repeated passes
+    over them cost about as much as the parsing itself (measured: 30 vs 16 us/line).
+    They are freed by reference counting anyway; one collection runs at the end.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+            gc.collect(0)
+
+
+def _ingest_file(
+    path: Path,
+    writer: _Writer,
+    report: IngestReport,
+    source: str,
+    quarantine_dir: Path | None,
+    max_line_bytes: int,
+    on_file: Callable[[Path, int], ProgressFn] | None,
+) -> None:
+    """Ingest one file into `writer`, adding to `report`; rejected lines go to quarantine."""
+    report.files.append(str(path))
+    progress = on_file(path, path.stat().st_size) if on_file else None
+    quarantine = _Quarantine(quarantine_dir, source, path)
+    received_at = datetime.now(UTC)
+    writer.reject = lambda number, message, raw: _reject(
+        report, quarantine, path, number, message, raw
+    )
+    reader, raw = _open(path)
+    try:
+        for n, (number, line) in enumerate(_lines(reader, max_line_bytes)):
+            if progress is not None and n % 2048 == 0:
+                progress(raw.tell())
+            if line is None:
+                _reject(
+                    report,
+                    quarantine,
+                    path,
+                    number,
+                    f"line is longer than {max_line_bytes} bytes",
+                    None,
+                )
+                continue
+            if not line.strip():
+                continue
+            report.read += 1
+            try:
+                record = parse_line(line)
+            except RecordError as exc:
+                _reject(report, quarantine, path, number, str(exc), line)
+                continue
+            writer.add(record, received_at, number, line)
+        writer.flush()
+    except (OSError, EOFError) as exc:
+        # A truncated gzip or a read error: what was read so far is kept.
+        report.errors.append(LineError(str(path), -1, f"cannot read the file: {exc}"))
+        report.rejected += 1
+        writer.flush()
+    finally:
+        reader.close()
+        raw.close()
+        kept = quarantine.close()
+        if kept is not None:
+            report.quarantine_files.append(str(kept))
+    if progress is not None:
+        progress(path.stat().st_size)
 
 
 def _reject(

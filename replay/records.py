@@ -16,11 +16,11 @@ Unknown top-level keys are kept under `metadata`. This module does no I/O.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -142,12 +142,14 @@ class OpenAILogIn(_Common):
 @dataclass(frozen=True, slots=True)
 class NormalizedRecord:
     """A validated record: `table` is 'interactions' or 'preference_pairs', `row` its columns
-    (without `source`, `record_key`, timestamps of receipt)."""
+    (without `source`, `record_key`, timestamps of receipt). `encoded` holds the JSON
+    columns already serialized canonically, so a bulk writer need not serialize twice."""
 
     table: str
     external_id: str | None
     content_hash: str
     row: dict[str, Any]
+    encoded: dict[str, str]
 
     def record_key(self, source: str) -> str:
         if self.external_id is not None:
@@ -155,15 +157,20 @@ class NormalizedRecord:
         return f"sha256:{self.content_hash}"
 
 
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list"})
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
+    """`('messages', 2, 'role')` -> `messages[2].role`, without pydantic's union-member tags
+    (`str`, `list[Message]`, `function-before[...]`), which name types, not fields."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-before[_text_content(), str]",):
+        elif part in _UNION_TAGS or any(c in part for c in "[-("):
             continue
         else:
-            out += f".{part}" if out else str(part)
+            out += f".{part}" if out else part
     return out
 
 
@@ -193,14 +200,48 @@ def _dump_messages(messages: list[Message]) -> list[dict[str, Any]]:
     return [m.model_dump() for m in messages]
 
 
+def _canonical_bytes(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str)
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+        raise RecordError(f"cannot be stored as JSON: {exc}") from None
+
+
 def canonical_json(value: Any) -> str:
-    """Key-sorted, compact JSON: equal content gives equal text (and equal hash)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Key-sorted, compact UTF-8 JSON: equal content gives equal text (and equal hash).
+
+    Datetimes are written in RFC 3339; other values JSON cannot hold as `str(value)`.
+    Raises `RecordError` for values JSON cannot represent (integers beyond 64 bits).
+    """
+    return _canonical_bytes(value).decode("utf-8")
 
 
 def content_hash(value: Any) -> str:
     """sha256 of `canonical_json(value)`, as hex."""
-    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical_bytes(value)).hexdigest()
+
+
+def _finish(
+    table: str, external_id: str | None, row: dict[str, Any], json_columns: tuple[str, ...]
+) -> NormalizedRecord:
+    """Serialize the JSON columns once and hash the whole canonical content.
+
+    The hash covers the table, every scalar column (in sorted order) and each JSON
+    column's canonical text; JSON text holds no raw newline, so joining with newlines
+    is unambiguous.
+    """
+    parts = [table.encode("ascii")]
+    encoded = {}
+    for name in json_columns:
+        try:
+            raw = _canonical_bytes(row[name])
+        except RecordError as exc:
+            raise RecordError(str(exc), "metadata" if name == "meta" else name) from None
+        parts.append(raw)
+        encoded[name] = raw.decode("utf-8")
+    parts.insert(1, _canonical_bytes({k: v for k, v in row.items() if k not in encoded}))
+    digest = hashlib.sha256(b"\n".join(parts)).hexdigest()
+    return NormalizedRecord(table, external_id, digest, row, encoded)
 
 
 def _check_conversation(messages: list[dict[str, Any]], field: str) -> None:
@@ -236,9 +277,8 @@ def _interaction(
         "meta": metadata,
         "occurred_at": occurred_at,
     }
-    hashed = dict(row, kind="interaction", occurred_at=occurred_at and occurred_at.isoformat())
     external_id = None if common.id is None else str(common.id)
-    return NormalizedRecord("interactions", external_id, content_hash(hashed), row)
+    return _finish("interactions", external_id, row, ("messages", "meta"))
 
 
 def _parse_interaction(obj: dict[str, Any]) -> NormalizedRecord:
@@ -296,9 +336,8 @@ def _parse_preference(obj: dict[str, Any]) -> NormalizedRecord:
         "meta": {**rec.metadata, **_extras(rec)},
         "occurred_at": occurred_at,
     }
-    hashed = dict(row, kind="preference", occurred_at=occurred_at and occurred_at.isoformat())
     external_id = None if rec.id is None else str(rec.id)
-    return NormalizedRecord("preference_pairs", external_id, content_hash(hashed), row)
+    return _finish("preference_pairs", external_id, row, ("prompt", "meta"))
 
 
 def parse_record(obj: Any) -> NormalizedRecord:
