@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
 )
@@ -49,19 +50,13 @@ class RecordError(ValueError):
         return f"{self.field}: {msg}" if self.field else msg
 
 
-def _text_content(value: Any) -> Any:
-    """OpenAI content may be a list of parts; text parts are joined, others refused."""
-    if isinstance(value, list):
-        texts = []
-        for i, part in enumerate(value):
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise ValueError(f"content part {i} is not a text part ({{'type': 'text'}})")
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise ValueError(f"content part {i} has no string 'text'")
-            texts.append(text)
-        return "".join(texts)
-    return value
+class TextPart(BaseModel):
+    """One part of a list-valued OpenAI `content`; only text parts are accepted."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text"]
+    text: StrictStr
 
 
 class Message(BaseModel):
@@ -70,9 +65,7 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Role
-    content: StrictStr
-
-    _split_parts = field_validator("content", mode="before")(_text_content)
+    content: StrictStr | list[TextPart]
 
 
 class Feedback(BaseModel):
@@ -178,7 +171,8 @@ def _validate(model: type[BaseModel], obj: dict[str, Any]) -> Any:
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
+        # Of several errors (a union tries each member), the deepest names the field best.
+        err = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
         extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         msg = err["msg"]
         if msg.startswith("Value error, "):
@@ -196,8 +190,16 @@ def _extras(model: BaseModel) -> dict[str, Any]:
     return dict(model.__pydantic_extra__ or {})
 
 
+_MESSAGES: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
+
+
 def _dump_messages(messages: list[Message]) -> list[dict[str, Any]]:
-    return [m.model_dump() for m in messages]
+    """Plain dicts of the messages, with list-of-parts content joined into one string."""
+    dumped: list[dict[str, Any]] = _MESSAGES.dump_python(messages)
+    for m in dumped:
+        if not isinstance(m["content"], str):
+            m["content"] = "".join(part["text"] for part in m["content"])
+    return dumped
 
 
 def _canonical_bytes(value: Any) -> bytes:
@@ -292,7 +294,7 @@ def _parse_interaction(obj: dict[str, Any]) -> NormalizedRecord:
 def _parse_openai(obj: dict[str, Any]) -> NormalizedRecord:
     rec: OpenAILogIn = _validate(OpenAILogIn, obj)
     reply = rec.response.choices[0].message
-    messages = [*_dump_messages(rec.request.messages), reply.model_dump()]
+    messages = _dump_messages([*rec.request.messages, reply])
     if reply.role != "assistant":
         raise RecordError(
             f"the response message must come from the assistant, not {reply.role!r}",
