@@ -14,25 +14,19 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
 
-from daemon import migrate
-from daemon.home import Home, HomeError, resolve_home
-from daemon.settings import Settings, SettingsError
-from replay.db import make_engine
+from daemon import adapters, migrate
+from daemon.cli_adapters import adapters_app, rollback
+from daemon.cliutil import EXIT_REJECTED, Context, err, fail, guard, out, ready
+from daemon.home import resolve_home
+from replay.db import session_scope
 from replay.ingest import IngestReport, ingest_files
 from replay.stats import data_counts
-
-EXIT_USAGE = 2
-EXIT_REJECTED = 3
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -41,67 +35,6 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="Database migrations.")
 app.add_typer(db_app, name="db")
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-@dataclass
-class Context:
-    """What every command needs: the home folder, its settings, an engine."""
-
-    home: Home
-    _settings: Settings | None = None
-    _engine: Engine | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = self.home.settings()
-        return self._settings
-
-    @property
-    def database_url(self) -> str:
-        return self.home.database_url(self.settings)
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = make_engine(self.database_url)
-        return self._engine
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", markup=True)
-    raise typer.Exit(code)
-
-
-def _guard(fn: Callable[[], Any]) -> Any:
-    """Turn setup problems into a one-line error and exit status 2."""
-    try:
-        return fn()
-    except (HomeError, SettingsError) as exc:
-        fail(str(exc))
-    except OperationalError as exc:
-        fail(f"cannot use the database: {exc.orig}")
-
-
-def _ready(ctx: typer.Context) -> Context:
-    """The context of an initialized home whose database is at the newest migration."""
-    c: Context = ctx.obj
-
-    def check() -> Context:
-        c.home.require_initialized()
-        current = migrate.current_revision(c.engine)
-        head = migrate.head_revision()
-        if current != head:
-            raise HomeError(
-                f"the database is at revision {current or 'none'} but this tutord needs {head}; "
-                "run `tutord db upgrade`"
-            )
-        return c
-
-    return _guard(check)
 
 
 @app.callback()
@@ -136,7 +69,7 @@ def init(ctx: typer.Context) -> None:
         out.print(f"database  {c.engine.url.render_as_string(hide_password=True)}")
         out.print(f"revision  {migrate.current_revision(c.engine)}")
 
-    _guard(run)
+    guard(run)
 
 
 def _progress_factory(progress: Progress) -> Callable[[Path, int], Callable[[int], None]]:
@@ -177,7 +110,7 @@ def ingest(
     for f in files:
         if not f.is_file():
             fail(f"{f}: no such file")
-    c = _ready(ctx)
+    c = ready(ctx)
     settings = c.settings
     src = source or settings.ingest.default_source
     if not 0 < len(src) <= 200:
@@ -197,9 +130,9 @@ def ingest(
     if sys.stderr.isatty() and not as_json:
         columns = ("{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn())
         with Progress(*columns, console=err, transient=True) as progress:
-            report = _guard(lambda: run(_progress_factory(progress)))
+            report = guard(lambda: run(_progress_factory(progress)))
     else:
-        report = _guard(lambda: run(None))
+        report = guard(lambda: run(None))
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:
@@ -214,10 +147,13 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """What the database holds: interactions (by task and source), pairs, samples, replay items."""
-    c = _ready(ctx)
-    counts = _guard(lambda: data_counts(c.engine))
+    c = ready(ctx)
+    counts = guard(lambda: data_counts(c.engine))
+    with session_scope(c.engine) as session:
+        prod = adapters.production(session)
     info = {
         "home": str(c.home.root),
+        "production": adapters.label(prod),
         "database": c.engine.url.render_as_string(hide_password=True),
         "revision": migrate.current_revision(c.engine),
         "data": counts.to_dict(),
@@ -227,6 +163,7 @@ def status(
         return
     out.print(f"home      {info['home']}")
     out.print(f"database  {info['database']} (revision {info['revision']})")
+    out.print(f"production adapter  {info['production']}")
     out.print(
         f"interactions  {counts.interactions} ({counts.interactions_with_feedback} with feedback)"
     )
@@ -259,7 +196,7 @@ def db_upgrade(
         after = migrate.current_revision(c.engine)
         out.print(f"{before or 'none'} -> {after or 'none'}")
 
-    _guard(run)
+    guard(run)
 
 
 @db_app.command("current")
@@ -274,4 +211,8 @@ def db_current(ctx: typer.Context) -> None:
         state = "up to date" if current == head else "behind: run `tutord db upgrade`"
         out.print(f"current {current or 'none'}  head {head}  ({state})")
 
-    _guard(run)
+    guard(run)
+
+
+app.add_typer(adapters_app, name="adapters")
+app.command()(rollback)

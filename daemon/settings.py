@@ -62,6 +62,16 @@ class ReplaySettings(BaseModel):
     )
 
 
+class AdapterSettings(BaseModel):
+    """The adapter registry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_last: int = Field(
+        10, ge=1, description="Adapter versions kept by retention, besides production's line."
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable about one tutord installation."""
 
@@ -74,6 +84,7 @@ class Settings(BaseSettings):
     )
     ingest: IngestSettings = IngestSettings()
     replay: ReplaySettings = ReplaySettings()
+    adapters: AdapterSettings = AdapterSettings()
 
     toml_file: ClassVar[Path | None] = None
 
@@ -147,4 +158,8 @@ default_source = "default"
 capacity = 200000
 # Eviction never takes a task below this many items of a kind.
 min_per_task = 100
+
+[adapters]
+# Adapter versions kept by `tutord adapters prune` (production and its ancestors always are).
+keep_last = 10
 """

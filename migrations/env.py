@@ -12,6 +12,7 @@ from typing import Any, Literal
 from alembic import context
 from sqlalchemy import Connection, pool
 
+import daemon.models  # noqa: F401  (registers the daemon's tables on Base.metadata)
 from replay.db import make_engine
 from replay.models import Base, UTCDateTime
 

@@ -7,6 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
+import daemon.models  # noqa: F401  (the daemon's tables)
 from daemon import migrate
 from replay.models import Base
 
