@@ -22,6 +22,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from daemon import adapters, migrate
 from daemon.cli_adapters import adapters_app, rollback
+from daemon.cli_world import world_app
 from daemon.cliutil import EXIT_REJECTED, Context, err, fail, guard, out, ready
 from daemon.home import resolve_home
 from replay.db import session_scope
@@ -215,4 +216,5 @@ def db_current(ctx: typer.Context) -> None:
 
 
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(world_app, name="world")
 app.command()(rollback)
