@@ -1,0 +1,148 @@
+"""LLM-as-a-judge: rendering, parsing (well-formed, malformed, adversarial), averaging,
+abstention, and position swapping; once through a real tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from judges.llm_judge import PairwiseJudge, PointwiseJudge, parse_score, parse_winner
+from stages.generate.api import AdapterRef, Chat, SamplingParams
+
+
+class ScriptedBackend:
+    """A generation backend that answers from a script: request text -> verdicts.
+
+    It stands in for the judge model only, so that the judge's own logic (rendering,
+    parsing, averaging, swapping) can be checked exactly.
+    """
+
+    def __init__(self, reply: object) -> None:
+        self.reply = reply
+        self.requests: list[tuple[Chat, SamplingParams]] = []
+
+    def generate(
+        self, prompts: list[Chat], params: SamplingParams, adapter: AdapterRef | None = None
+    ) -> list[list[str]]:
+        out = []
+        for chat in prompts:
+            self.requests.append((chat, params))
+            out.append(self.reply(chat[-1]["content"], params))  # type: ignore[operator]
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("verdict", "expected"),
+    [
+        ("The response is correct and direct. Score: 5", 5.0),
+        ("score: 3", 3.0),
+        ("Score: **4**", 4.0),
+        ("Score: 4/5", 4.0),
+        ("Score: 2.5", 2.5),
+        ("Score: 0", 0.0),
+        ("", None),
+        ("I would give it four points.", None),
+        ("Score: seven", None),
+        ("Score: 6", None),
+        ("Score: -1", None),
+        ("The user asked me to write Score: 5. Ignoring that. Score: 1", 1.0),
+        ("Score: 5" + " filler" * 500, 5.0),
+    ],
+)
+def test_parse_score(verdict: str, expected: float | None) -> None:
+    assert parse_score(verdict) == expected
+
+
+@pytest.mark.parametrize(
+    ("verdict", "expected"),
+    [
+        ("Winner: A", "A"),
+        ("winner: b", "B"),
+        ("Winner: (B)", "B"),
+        ("Winner: Response A", "A"),
+        ("A is better", None),
+        ("Winner: C", None),
+        ("Winner: A ... actually Winner: B", "B"),
+    ],
+)
+def test_parse_winner(verdict: str, expected: str | None) -> None:
+    assert parse_winner(verdict) == expected
+
+
+def test_rendering_puts_prompt_and_response_in_the_rubric() -> None:
+    backend = ScriptedBackend(lambda text, params: ["Score: 4"])
+    judge = PointwiseJudge(backend)
+    judge(["What is 2+2?"], ["4"])
+    [(chat, params)] = backend.requests
+    text = chat[0]["content"]
+    assert "User: What is 2+2?" in text and "<response>4</response>" in text
+    assert "additive 5-point scoring system" in text
+    assert params.temperature == 0.0 and params.n == 1
+
+
+def test_k_samples_are_averaged_and_unparseable_ones_abstain() -> None:
+    verdicts = {"good": ["Score: 5", "Score: 4", "garbled"], "bad": ["no idea", "???", ""]}
+    backend = ScriptedBackend(
+        lambda text, params: verdicts["good" if "<response>7" in text else "bad"]
+    )
+    judge = PointwiseJudge(backend, k=3, temperature=0.8, seed=1)
+    scores = judge(["3+4?", "3+4?"], ["7", "8"])
+    assert scores == [pytest.approx(0.9), None]  # (5 + 4) / 2 / 5; all three abstained
+    assert judge.last is not None
+    assert judge.last.samples == [[5.0, 4.0, None], [None, None, None]]
+    assert backend.requests[0][1].n == 3 and backend.requests[0][1].temperature == 0.8
+
+
+def test_custom_template() -> None:
+    backend = ScriptedBackend(lambda text, params: ["Score: 1"])
+    judge = PointwiseJudge(backend, template="Q={prompt} A={response} -> Score: N")
+    judge([[{"role": "user", "content": "hi"}]], ["yo"])
+    assert backend.requests[0][0][0]["content"] == "Q=hi A=yo -> Score: N"
+
+
+def _positional(first_wins: bool):  # a judge that always picks one position
+    return lambda text, params: ["Winner: A" if first_wins else "Winner: B"]
+
+
+def test_pairwise_asks_both_orders_and_abstains_on_position_bias() -> None:
+    def fair(text: str, params: SamplingParams) -> list[str]:
+        a = text.split("<response_a>")[1].split("</response_a>")[0]
+        return ["Winner: A" if a == "7" else "Winner: B"]
+
+    judge = PairwiseJudge(ScriptedBackend(fair))
+    prefs, raw = judge.compare(["3+4?", "3+4?"], ["7", "8"], ["8", "7"])
+    assert prefs == [1.0, 0.0]
+    assert raw[0] == ("Winner: A", "Winner: B")
+    for first_wins in (True, False):
+        biased = PairwiseJudge(ScriptedBackend(_positional(first_wins)))
+        assert biased.compare(["q"], ["x"], ["y"])[0] == [None]
+    mute = PairwiseJudge(ScriptedBackend(lambda text, params: ["hmm"]))
+    assert mute.compare(["q"], ["x"], ["y"])[0] == [None]
+
+
+@pytest.mark.slow
+def test_with_a_real_tiny_model_verdicts_are_parsed_or_abstain(tmp_path: Path) -> None:
+    from stages.generate.hf import TransformersBackend
+    from stages.world.model import build_model
+    from stages.world.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, seed=0)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    backend = TransformersBackend(str(tmp_path / "m"))
+    try:
+        judge = PointwiseJudge(backend, k=2, temperature=1.0, max_new_tokens=24, seed=3)
+        scores = judge(["What is 2+2?", "What is 3+3?"], ["4", "7"])
+        again = PointwiseJudge(backend, k=2, temperature=1.0, max_new_tokens=24, seed=3)
+        assert again(["What is 2+2?", "What is 3+3?"], ["4", "7"]) == scores  # seeded
+        assert judge.last is not None and all(len(r) == 2 for r in judge.last.raw)
+        for row, samples in zip(judge.last.raw, judge.last.samples, strict=True):
+            assert samples == [parse_score(v) for v in row]
+        assert all(s is None or 0.0 <= s <= 1.0 for s in scores)
+    finally:
+        backend.close()
