@@ -1,0 +1,426 @@
+"""Self-rewarded synthesis: prompts in, scored candidates, SFT examples and preference pairs out.
+
+For each prompt the policy writes K candidates (temperature > 0); each candidate is
+scored by the prompt's verifier (when it has a reference) and by the judge; the scores
+combine into one reward. SFT examples are candidates at or above a threshold;
+preference pairs are best versus worst with at least a minimum margin (ties dropped).
+User feedback becomes data too (`feedback_data`). Judge health (agreement with
+verifiers, length bias, abstentions) is computed on every run; when agreement falls
+below the floor, no pair that only the judge decided is produced.
+
+Everything here is a typed, frozen record; nothing is stored (see `daemon/synth.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from judges.llm_judge import PointwiseJudge
+from judges.verifiers import normalize
+from stages.generate.api import AdapterRef, Chat, GenerationBackend, SamplingParams
+
+log = logging.getLogger(__name__)
+
+Scorer = Callable[..., list[float | None]]
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """A prompt to synthesize from, with what is known about it."""
+
+    prompt: Chat
+    task: str | None = None
+    reference: str | None = None
+    origin: str = "pool"  # interaction | pool | self-instruct
+    interaction_id: int | None = None
+
+    @property
+    def key(self) -> str:
+        return prompt_hash(self.prompt)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The knobs of one synthesis run (see the README's synthesis section)."""
+
+    n: int = 4
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    seed: int = 0
+    sft_threshold: float = 0.8
+    pair_margin: float = 0.3
+    verifier_weight: float = 1.0
+    judge_weight: float = 0.5
+    agreement_floor: float = 0.6
+    min_agreement_rows: int = 5
+
+    def __post_init__(self) -> None:
+        if self.n < 2:
+            raise ValueError("synthesis needs n >= 2 candidates per prompt")
+        if self.temperature <= 0:
+            raise ValueError("synthesis samples: temperature must be > 0")
+        if not 0 <= self.sft_threshold <= 1 or not 0 <= self.pair_margin <= 1:
+            raise ValueError("sft_threshold and pair_margin are on the [0, 1] reward scale")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One generated answer with every score it got and the combined reward."""
+
+    prompt_index: int
+    index: int
+    completion: str
+    scores: Mapping[str, float | None]
+    reward: float | None
+    judge_raw: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    prompt: Chat
+    completion: str
+    task: str | None
+    reward: float | None
+    origin: str  # synth | feedback
+    prompt_index: int | None = None
+    candidate_index: int | None = None
+    interaction_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: Chat
+    chosen: str
+    rejected: str
+    task: str | None
+    margin: float | None
+    origin: str  # synth | feedback
+    judge_only: bool = False
+    prompt_index: int | None = None
+    chosen_index: int | None = None
+    rejected_index: int | None = None
+    interaction_id: int | None = None
+
+
+@dataclass(frozen=True)
+class JudgeHealth:
+    """How far the judge can be trusted on this run."""
+
+    judged: int
+    abstentions: int
+    agreement: float | None  # share of verifiable candidates where judge and verifier agree
+    agreement_rows: int
+    length_correlation: float | None  # Pearson r of judge score with completion length
+    floor: float
+    ok: bool
+    message: str
+
+    @property
+    def abstention_rate(self) -> float:
+        return self.abstentions / self.judged if self.judged else 0.0
+
+
+@dataclass(frozen=True)
+class SynthResult:
+    prompts: list[PromptItem]
+    candidates: list[Candidate]
+    sft: list[SFTExample]
+    pairs: list[Pair]
+    health: JudgeHealth
+    dropped_ties: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def prompt_hash(prompt: Chat) -> str:
+    """A stable identity for a prompt (roles and normalized contents)."""
+    text = "\n".join(f"{m['role']}:{normalize(m['content'])}" for m in prompt)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Pearson correlation, None when undefined (fewer than 3 points or no variance).
+
+    >>> pearson([1, 2, 3], [2, 4, 6])
+    1.0
+    >>> pearson([1, 1, 1], [1, 2, 3]) is None
+    True
+    """
+    if len(xs) < 3:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return None
+    return round(
+        sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / math.sqrt(sxx * syy), 6
+    )
+
+
+def judge_health(candidates: Sequence[Candidate], config: SynthConfig) -> JudgeHealth:
+    """Agreement with verifiers, length bias and abstentions of the judge on a run."""
+    judged = [c for c in candidates if "judge" in c.scores]
+    abstained = sum(1 for c in judged if c.scores["judge"] is None)
+    both = [
+        (c.scores["judge"], c.scores["verifier"])
+        for c in judged
+        if c.scores["judge"] is not None and c.scores.get("verifier") is not None
+    ]
+    agreement = (
+        sum(1 for j, v in both if (j >= 0.5) == (v >= 0.5)) / len(both) if both else None  # type: ignore[operator]
+    )
+    scored = [
+        (float(len(c.completion)), c.scores["judge"])
+        for c in judged
+        if c.scores["judge"] is not None
+    ]
+    length_r = pearson([x for x, _ in scored], [y for _, y in scored]) if scored else None  # type: ignore[misc]
+    if not judged:
+        ok, message = True, "no judge on this run"
+    elif agreement is None or len(both) < config.min_agreement_rows:
+        ok = False
+        message = (
+            f"judge agreement unknown ({len(both)} verifiable judged candidates, "
+            f"need {config.min_agreement_rows}): no judge-only pairs"
+        )
+    elif agreement < config.agreement_floor:
+        ok = False
+        message = (
+            f"JUDGE UNRELIABLE: agrees with verifiers on {agreement:.0%} of {len(both)} "
+            f"candidates, below the floor {config.agreement_floor:.0%}: no judge-only pairs"
+        )
+    else:
+        ok, message = True, f"judge agrees with verifiers on {agreement:.0%} of {len(both)}"
+    return JudgeHealth(
+        len(judged), abstained, agreement, len(both), length_r, config.agreement_floor, ok, message
+    )
+
+
+def _combine(scores: Mapping[str, float | None], config: SynthConfig) -> float | None:
+    weights = {"verifier": config.verifier_weight, "judge": config.judge_weight}
+    total = weight = 0.0
+    for name, score in scores.items():
+        if score is not None:
+            total += weights.get(name, 1.0) * score
+            weight += weights.get(name, 1.0)
+    return total / weight if weight else None
+
+
+def synthesize(
+    prompts: Sequence[PromptItem],
+    backend: GenerationBackend,
+    *,
+    adapter: AdapterRef | None,
+    verifier_for: Callable[[str | None], Scorer | None],
+    judge: PointwiseJudge | None,
+    config: SynthConfig,
+) -> SynthResult:
+    """Generate, score and turn into SFT examples and pairs. Deterministic under `config.seed`
+    for a deterministic backend."""
+    prompts = list(prompts)
+    params = SamplingParams(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        n=config.n,
+        seed=config.seed,
+    )
+    outputs = backend.generate([p.prompt for p in prompts], params, adapter) if prompts else []
+    flat = [(i, j, text) for i, texts in enumerate(outputs) for j, text in enumerate(texts)]
+    flat_prompts = [prompts[i].prompt for i, _, _ in flat]
+    texts = [t for _, _, t in flat]
+
+    verifier_scores: list[float | None] = [None] * len(flat)
+    by_task: dict[str | None, list[int]] = {}
+    for k, (i, _, _) in enumerate(flat):
+        by_task.setdefault(prompts[i].task, []).append(k)
+    for task, rows in by_task.items():
+        verifier = verifier_for(task)
+        if verifier is None:
+            continue
+        got = verifier(
+            [flat_prompts[k] for k in rows],
+            [texts[k] for k in rows],
+            reference=[prompts[flat[k][0]].reference for k in rows],
+        )
+        for k, score in zip(rows, got, strict=True):
+            verifier_scores[k] = score
+
+    judge_scores: list[float | None] = []
+    judge_raw: list[list[str]] = [[] for _ in flat]
+    if judge is not None and flat:
+        judge_scores = judge(flat_prompts, texts)
+        assert judge.last is not None
+        judge_raw = judge.last.raw
+
+    candidates = []
+    for k, (i, j, text) in enumerate(flat):
+        scores: dict[str, float | None] = {"verifier": verifier_scores[k]}
+        if judge is not None:
+            scores["judge"] = judge_scores[k]
+        candidates.append(
+            Candidate(i, j, text, scores, _combine(scores, config), tuple(judge_raw[k]))
+        )
+    health = judge_health(candidates, config)
+    if not health.ok:
+        log.warning("synthesis: %s", health.message)
+
+    sft: list[SFTExample] = []
+    pairs: list[Pair] = []
+    ties = 0
+    for i, item in enumerate(prompts):
+        group = [c for c in candidates if c.prompt_index == i and c.reward is not None]
+        seen: set[str] = set()
+        for c in sorted(group, key=lambda c: (-c.reward, c.index)):  # type: ignore[operator]
+            if c.reward >= config.sft_threshold and c.completion not in seen:  # type: ignore[operator]
+                seen.add(c.completion)
+                sft.append(
+                    SFTExample(item.prompt, c.completion, item.task, c.reward, "synth", i, c.index)
+                )
+        if len(group) < 2:
+            continue
+        best = max(group, key=lambda c: (c.reward, -c.index))
+        worst = min(group, key=lambda c: (c.reward, c.index))
+        margin = best.reward - worst.reward  # type: ignore[operator]
+        if margin < config.pair_margin or best.completion == worst.completion:
+            ties += 1
+            continue
+        judge_only = best.scores.get("verifier") is None and worst.scores.get("verifier") is None
+        if judge_only and not health.ok:
+            continue
+        pairs.append(
+            Pair(
+                item.prompt,
+                best.completion,
+                worst.completion,
+                item.task,
+                round(margin, 6),
+                "synth",
+                judge_only,
+                i,
+                best.index,
+                worst.index,
+            )
+        )
+    counts = {
+        "prompts": len(prompts),
+        "candidates": len(candidates),
+        "sft": len(sft),
+        "pairs": len(pairs),
+        "ties_dropped": ties,
+    }
+    return SynthResult(prompts, candidates, sft, pairs, health, ties, counts)
+
+
+@dataclass(frozen=True)
+class FeedbackItem:
+    """An answered prompt with the user's feedback."""
+
+    prompt: Chat
+    answer: str
+    rating: int | None = None
+    correction: str | None = None
+    task: str | None = None
+    interaction_id: int | None = None
+
+
+def feedback_data(items: Sequence[FeedbackItem]) -> tuple[list[SFTExample], list[Pair]]:
+    """SFT examples and pairs from user feedback.
+
+    A correction gives an SFT example (the correction) and a pair (correction over the
+    original answer). Thumbs up and down on different answers to the same prompt give
+    pairs (each liked answer over each disliked one).
+    """
+    sft: list[SFTExample] = []
+    pairs: list[Pair] = []
+    by_prompt: dict[str, list[FeedbackItem]] = {}
+    for item in items:
+        if item.correction and item.correction.strip() and item.correction != item.answer:
+            sft.append(
+                SFTExample(
+                    item.prompt,
+                    item.correction,
+                    item.task,
+                    None,
+                    "feedback",
+                    interaction_id=item.interaction_id,
+                )
+            )
+            pairs.append(
+                Pair(
+                    item.prompt,
+                    item.correction,
+                    item.answer,
+                    item.task,
+                    None,
+                    "feedback",
+                    interaction_id=item.interaction_id,
+                )
+            )
+        if item.rating in (-1, 1):
+            by_prompt.setdefault(prompt_hash(item.prompt), []).append(item)
+    for group in by_prompt.values():
+        liked = [g for g in group if g.rating == 1]
+        disliked = [g for g in group if g.rating == -1]
+        for up in liked:
+            for down in disliked:
+                if up.answer != down.answer:
+                    pairs.append(
+                        Pair(
+                            up.prompt,
+                            up.answer,
+                            down.answer,
+                            up.task or down.task,
+                            None,
+                            "feedback",
+                            interaction_id=up.interaction_id,
+                        )
+                    )
+    return sft, pairs
+
+
+SELF_INSTRUCT_TEMPLATE = (
+    "Here are some questions users asked:\n{examples}\nWrite one new question of the same kind. "
+    "Reply with the question only."
+)
+
+
+def self_instruct(
+    backend: GenerationBackend,
+    adapter: AdapterRef | None,
+    examples: Sequence[str],
+    *,
+    n: int,
+    seed: int,
+    known: set[str],
+    shots: int = 4,
+    max_new_tokens: int = 48,
+) -> list[str]:
+    """Up to `n` new prompts written by the policy from few-shot examples of real ones,
+    deduplicated (normalized text) against `known` and each other."""
+    if not examples or n <= 0:
+        return []
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(n):
+        chosen = rng.sample(list(examples), min(shots, len(examples)))
+        listing = "\n".join(f"- {e}" for e in chosen)
+        requests.append(
+            [{"role": "user", "content": SELF_INSTRUCT_TEMPLATE.format(examples=listing)}]
+        )
+    params = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
+    seen = {normalize(k) for k in known}
+    out = []
+    for (text,) in backend.generate(requests, params, adapter):
+        candidate = text.strip().splitlines()[0].strip() if text.strip() else ""
+        if len(candidate) < 3 or normalize(candidate) in seen:
+            continue
+        seen.add(normalize(candidate))
+        out.append(candidate)
+    return out
