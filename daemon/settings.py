@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
@@ -57,9 +57,6 @@ class ReplaySettings(BaseModel):
         gt=0,
         description="Most items kept per kind (sft, pair, prompt).",
     )
-    min_per_task: int = Field(
-        100, ge=0, description="Eviction never takes a task below this many items of a kind."
-    )
 
 
 class AdapterSettings(BaseModel):
@@ -69,6 +66,81 @@ class AdapterSettings(BaseModel):
 
     keep_last: int = Field(
         10, ge=1, description="Adapter versions kept by retention, besides production's line."
+    )
+
+
+BackendKind = Literal["transformers", "vllm", "openai"]
+
+
+class ModelSettings(BaseModel):
+    """The policy: its base model and how it generates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = Field(
+        "", description="Base model folder or hub id; empty: the embedded arith world's base."
+    )
+    backend: BackendKind = Field("transformers", description="Generation backend.")
+    server_url: str | None = Field(
+        None, description="OpenAI-compatible server (backend 'openai'), e.g. http://host:8000."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch in this process (None: torch's default)."
+    )
+
+
+class JudgeSettings(BaseModel):
+    """The LLM judge. Empty `base` means the policy judges itself (self-rewarding)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = Field("", description="Judge model; empty: the policy itself.")
+    backend: BackendKind = "transformers"
+    server_url: str | None = None
+    enabled: bool = Field(True, description="Score candidates with the judge at all.")
+    k: int = Field(1, ge=1, description="Verdicts sampled and averaged per candidate.")
+    temperature: float = Field(0.7, ge=0)
+    max_new_tokens: int = Field(64, ge=1)
+    pointwise_template: str | None = Field(
+        None, description="Overrides the rubric prompt; use {prompt} and {response}."
+    )
+
+
+class SynthSettings(BaseModel):
+    """Self-rewarded synthesis (see the README's synthesis section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: int = Field(64, ge=1, description="Prompts per synthesis run.")
+    n: int = Field(4, ge=2, description="Candidates per prompt.")
+    temperature: float = Field(0.8, gt=0)
+    max_new_tokens: int = Field(24, ge=1)
+    sft_threshold: float = Field(0.8, ge=0, le=1)
+    pair_margin: float = Field(0.3, ge=0, le=1)
+    verifier_weight: float = Field(1.0, gt=0)
+    judge_weight: float = Field(0.5, gt=0)
+    agreement_floor: float = Field(0.6, ge=0, le=1)
+    interaction_share: float = Field(
+        0.5, ge=0, le=1, description="Share of prompts taken from recent interactions."
+    )
+    recent_interactions: int = Field(2000, ge=0, description="How far back 'recent' reaches.")
+    self_instruct: int = Field(0, ge=0, description="New prompts the policy writes per run.")
+    default_verifier: Literal["numeric", "exact", "normalized", "math", "none"] = Field(
+        "numeric", description="Verifier for tasks outside the arith world with a reference."
+    )
+
+
+class WorldSettings(BaseModel):
+    """The embedded arith world (used when model.base is empty)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    bootstrap_minutes: float = Field(3.0, gt=0)
+    threads: int | None = Field(1, ge=1, description="Torch threads for the bootstrap.")
+    release: dict[str, int] = Field(
+        default_factory=lambda: {"add": 0, "sub": 1, "mul": 2},
+        description="Cycle at which each task family is released.",
     )
 
 
@@ -85,6 +157,10 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     replay: ReplaySettings = ReplaySettings()
     adapters: AdapterSettings = AdapterSettings()
+    model: ModelSettings = ModelSettings()
+    judge: JudgeSettings = JudgeSettings()
+    synth: SynthSettings = SynthSettings()
+    world: WorldSettings = WorldSettings()
 
     toml_file: ClassVar[Path | None] = None
 
@@ -154,12 +230,49 @@ batch_size = 5000
 default_source = "default"
 
 [replay]
-# Most replay items kept per kind (sft, pair, prompt); the oldest of the largest tasks go first.
+# Most replay items kept per kind (sft, pair, prompt); the oldest items of the largest
+# tasks go first, and every task keeps at least capacity / number of tasks (or all it has).
 capacity = 200000
-# Eviction never takes a task below this many items of a kind.
-min_per_task = 100
 
 [adapters]
 # Adapter versions kept by `tutord adapters prune` (production and its ancestors always are).
 keep_last = 10
+
+[model]
+# Base model folder or hub id; empty: the embedded arith world (tutord world bootstrap).
+base = ""
+# Generation backend: transformers, vllm, or openai (a served model at server_url).
+backend = "transformers"
+# server_url = "http://127.0.0.1:8000"
+
+[judge]
+# Judge model; empty: the policy judges itself (self-rewarding).
+base = ""
+enabled = true
+# Verdicts sampled and averaged per candidate.
+k = 1
+temperature = 0.7
+max_new_tokens = 64
+# pointwise_template = "... {prompt} ... {response} ... Score: <points>"
+
+[synth]
+prompts = 64
+n = 4
+temperature = 0.8
+max_new_tokens = 24
+sft_threshold = 0.8
+pair_margin = 0.3
+verifier_weight = 1.0
+judge_weight = 0.5
+agreement_floor = 0.6
+interaction_share = 0.5
+recent_interactions = 2000
+self_instruct = 0
+default_verifier = "numeric"
+
+[world]
+seed = 0
+bootstrap_minutes = 3.0
+threads = 1
+release = { add = 0, sub = 1, mul = 2 }
 """
