@@ -22,6 +22,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from daemon import adapters, migrate
 from daemon.cli_adapters import adapters_app, rollback
+from daemon.cli_synth import synth
 from daemon.cli_world import world_app
 from daemon.cliutil import EXIT_REJECTED, Context, err, fail, guard, out, ready
 from daemon.home import resolve_home
@@ -55,7 +56,20 @@ def main(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        _quiet_libraries()
     ctx.obj = Context(resolve_home(home))
+
+
+def _quiet_libraries() -> None:
+    """No progress bars or advice from transformers on a plain run (`-v` keeps them)."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 @app.command()
@@ -175,7 +189,13 @@ def status(
     out.print(f"preference pairs  {counts.pairs}")
     for origin, n in counts.pairs_by_origin.items():
         out.print(f"  origin {origin:<22} {n}")
-    out.print(f"samples  {counts.samples}   judgments  {counts.judgments}")
+    out.print(f"SFT examples  {counts.sft_examples}")
+    for origin, n in counts.sft_by_origin.items():
+        out.print(f"  origin {origin:<22} {n}")
+    out.print(
+        f"samples  {counts.samples}   judgments  {counts.judgments}   "
+        f"synthesis runs  {counts.synth_runs}"
+    )
     out.print(f"replay items  {counts.replay_items}")
     for kind, tasks in counts.replay_by_kind_task.items():
         for task, n in tasks.items():
@@ -217,4 +237,5 @@ def db_current(ctx: typer.Context) -> None:
 
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(world_app, name="world")
+app.command()(synth)
 app.command()(rollback)

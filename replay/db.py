@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,3 +51,18 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 def is_sqlite(engine: Engine) -> bool:
     """Whether `engine` talks to SQLite."""
     return engine.dialect.name == "sqlite"
+
+
+def insert_ignoring_duplicates(
+    conn: Connection, table: Table, rows: list[dict[str, Any]], key: list[str]
+) -> int:
+    """INSERT rows, skipping those whose `key` columns hit an existing unique key; return how
+    many were new. For modest row counts (the ingest has its own bulk path)."""
+    if not rows:
+        return 0
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=key)
+    return sum(int(conn.execute(stmt, [row]).rowcount) for row in rows)

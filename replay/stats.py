@@ -11,7 +11,15 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from replay.models import Interaction, Judgment, PreferencePair, ReplayCount, Sample
+from replay.models import (
+    Interaction,
+    Judgment,
+    PreferencePair,
+    ReplayCount,
+    Sample,
+    SFTExample,
+    SynthRun,
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,9 @@ class DataCounts:
     interactions_with_feedback: int = 0
     pairs: int = 0
     pairs_by_origin: dict[str, int] = field(default_factory=dict)
+    sft_examples: int = 0
+    sft_by_origin: dict[str, int] = field(default_factory=dict)
+    synth_runs: int = 0
     samples: int = 0
     judgments: int = 0
     replay_items: int = 0
@@ -49,6 +60,7 @@ def data_counts(engine: Engine) -> DataCounts:
             )
         ).scalar_one()
         by_origin = _grouped(conn, PreferencePair.origin)
+        sft_by_origin = _grouped(conn, SFTExample.origin)
         replay: dict[str, dict[str, int]] = {}
         for kind, task, n in conn.execute(
             select(ReplayCount.kind, ReplayCount.task, ReplayCount.n).order_by(
@@ -64,6 +76,9 @@ def data_counts(engine: Engine) -> DataCounts:
             interactions_with_feedback=int(with_feedback),
             pairs=sum(by_origin.values()),
             pairs_by_origin=by_origin,
+            sft_examples=sum(sft_by_origin.values()),
+            sft_by_origin=sft_by_origin,
+            synth_runs=int(conn.execute(select(func.count()).select_from(SynthRun)).scalar_one()),
             samples=int(conn.execute(select(func.count()).select_from(Sample)).scalar_one()),
             judgments=int(conn.execute(select(func.count()).select_from(Judgment)).scalar_one()),
             replay_items=sum(sum(t.values()) for t in replay.values()),

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import os
 import uuid
+
+# Two pytest workers share two cores: one torch thread each. More threads than cores
+# make OpenMP spin against each other (measured: a 40x slowdown of tiny-model generation).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -1,0 +1,137 @@
+"""The OpenAI-compatible HTTP backend against a real vLLM server started here (127.0.0.1 only,
+one per module, always killed): chat completions, runtime LoRA load / use / unload, and the
+same greedy text as the transformers backend."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stages.generate.api import AdapterRef, SamplingParams
+from stages.generate.hf import TransformersBackend
+from stages.generate.openai_http import BackendError, OpenAIBackend
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+GREEDY = SamplingParams(max_new_tokens=24)
+START_TIMEOUT_S = 240.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group (it has worker children), then SIGKILL it."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+    with contextlib.suppress(ProcessLookupError):  # children that outlived the leader
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(
+    require_vllm: None, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The root URL of a vLLM OpenAI-compatible server serving the tiny model with LoRA."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(tiny_model_dir),
+        "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.1",
+        "--enable-lora", "--max-lora-rank", "8",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        client = OpenAIBackend(str(tiny_model_dir), base_url=url, timeout=5)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                pytest.fail(f"vLLM server exited with {process.returncode}:\n{tail}")
+            try:
+                client.wait_ready(timeout=2, interval=0.5)
+                break
+            except BackendError:
+                if time.monotonic() > deadline:
+                    tail = log_path.read_text(errors="replace")[-3000:]
+                    pytest.fail(f"vLLM server not ready after {START_TIMEOUT_S} s:\n{tail}")
+        yield url
+    finally:
+        stop_process_group(process)
+
+
+@pytest.fixture(scope="module")
+def client(server: str, tiny_model_dir: Path) -> OpenAIBackend:
+    return OpenAIBackend(str(tiny_model_dir), base_url=server, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def hf_backend(tiny_model_dir: Path) -> TransformersBackend:
+    return TransformersBackend(tiny_model_dir, device="cpu")
+
+
+def test_chat_completion(client: OpenAIBackend, prompts: list, hf_backend: TransformersBackend):
+    assert client.served_models() == [client.model]
+    assert client.generate(prompts, GREEDY) == hf_backend.generate(prompts, GREEDY)
+    sampled = client.generate(prompts[:2], SamplingParams(temperature=1.0, n=3, seed=5))
+    assert [len(group) for group in sampled] == [3, 3]
+    again = client.generate(prompts[:2], SamplingParams(temperature=1.0, n=3, seed=5))
+    assert again == sampled
+
+
+def test_load_use_unload_adapter(
+    client: OpenAIBackend,
+    prompts: list,
+    hf_backend: TransformersBackend,
+    tiny_adapter: AdapterRef,
+    other_adapter: AdapterRef,
+) -> None:
+    client.load_adapter(tiny_adapter.name, tiny_adapter.path)
+    client.load_adapter(tiny_adapter.name, tiny_adapter.path)  # idempotent
+    assert tiny_adapter.name in client.served_models()
+    expected = hf_backend.generate(prompts, GREEDY, tiny_adapter)
+    assert expected != hf_backend.generate(prompts, GREEDY)
+    assert client.generate(prompts, GREEDY, tiny_adapter) == expected
+    # a second version under its own name, loaded on first use
+    assert client.generate(prompts, GREEDY, other_adapter) == hf_backend.generate(
+        prompts, GREEDY, other_adapter
+    )
+    client.unload_adapter(tiny_adapter.name)
+    assert tiny_adapter.name not in client.served_models()
+    assert other_adapter.name in client.served_models()
+    with pytest.raises(BackendError) as excinfo:
+        client._request(
+            "POST",
+            "/v1/chat/completions",
+            client._chat_body(prompts[0], GREEDY, tiny_adapter.name),
+        )
+    assert excinfo.value.status == 404
+    assert "/v1/chat/completions" in str(excinfo.value)
+    with pytest.raises(BackendError, match="404"):
+        client.unload_adapter(tiny_adapter.name)
