@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from daemon.curriculum import CurriculumSettings
+
 CONFIG_FILENAME = "tutord.toml"
 ENV_PREFIX = "TUTORD_"
 
@@ -52,6 +54,9 @@ class ReplaySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    ratio: float = Field(
+        0.25, ge=0, lt=1, description="Share of a stage's dataset drawn from the replay buffer."
+    )
     capacity: int = Field(
         200_000,
         gt=0,
@@ -161,6 +166,7 @@ class Settings(BaseSettings):
     judge: JudgeSettings = JudgeSettings()
     synth: SynthSettings = SynthSettings()
     world: WorldSettings = WorldSettings()
+    curriculum: CurriculumSettings = CurriculumSettings()
 
     toml_file: ClassVar[Path | None] = None
 
@@ -230,6 +236,8 @@ batch_size = 5000
 default_source = "default"
 
 [replay]
+# Share of each stage's dataset sampled (stratified by task) from earlier training data.
+ratio = 0.25
 # Most replay items kept per kind (sft, pair, prompt); the oldest items of the largest
 # tasks go first, and every task keeps at least capacity / number of tasks (or all it has).
 capacity = 200000
@@ -269,6 +277,17 @@ interaction_share = 0.5
 recent_interactions = 2000
 self_instruct = 0
 default_verifier = "numeric"
+
+[curriculum]
+# SFT while there are this many fresh SFT examples (or the policy cannot answer in format).
+min_sft_examples = 32
+competence_floor = 0.5
+# DPO once SFT has run and this many fresh pairs exist.
+min_pairs = 32
+# RL once this many verifiable prompts are solved sometimes but not always.
+min_rl_prompts = 16
+# Allow RL on a policy that has had no SFT.
+allow_rl_zero = false
 
 [world]
 seed = 0

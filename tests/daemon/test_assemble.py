@@ -1,0 +1,116 @@
+"""Replay mixing: the ratio and the stratification hold; provenance is written; fresh rows
+come from the database above the watermarks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from daemon.assemble import (
+    TrainingRow,
+    Watermarks,
+    assemble,
+    curriculum_state,
+    fresh_rl_prompts,
+    fresh_rows,
+)
+from replay.buffer import NewReplayItem, add_items
+from replay.db import session_scope
+from replay.models import Judgment, PreferencePair, Sample, SFTExample, SynthRun
+
+Q = [{"role": "user", "content": "What is 3+4?"}]
+
+
+def sft_row(i: int, task: str) -> TrainingRow:
+    return TrainingRow(
+        "sft", task, {"messages": [*Q, {"role": "assistant", "content": str(i)}]}, f"x:{i}"
+    )
+
+
+def test_ratio_and_stratification_hold(db_engine: Engine, tmp_path: Path) -> None:
+    add_items(db_engine, [NewReplayItem("sft", "add", {"i": i}) for i in range(1000)])
+    add_items(db_engine, [NewReplayItem("sft", "sub", {"i": i}) for i in range(30)])
+    add_items(db_engine, [NewReplayItem("pair", "add", {"i": i}) for i in range(50)])  # other kind
+    fresh = [sft_row(i, "mul") for i in range(300)]
+    ds = assemble(db_engine, "sft", tmp_path, fresh, ratio=0.25, seed=3, marks=Watermarks())
+    assert (ds.fresh, ds.replay, ds.rows) == (300, 100, 400)
+    assert ds.ratio_actual == 0.25
+    # Stratified: the small old task is not drowned by the big one.
+    assert ds.by_task["sub"]["replay"] == 30
+    assert ds.by_task["add"]["replay"] == 70
+    assert ds.by_task["mul"] == {"fresh": 300}
+
+    lines = [json.loads(x) for x in ds.path.read_text().splitlines()]
+    manifest = json.loads(ds.manifest_path.read_text())
+    assert len(lines) == manifest["rows"] == 400
+    assert all("messages" in row or "i" in row for row in lines)
+    origins = [s["origin"] for s in manifest["sources"]]
+    assert origins.count("replay") == 100 and origins.count("fresh") == 300
+    assert origins != sorted(origins)  # shuffled, not fresh-then-replay
+    refs = {s["ref"].split(":")[0] for s in manifest["sources"]}
+    assert refs == {"x", "replay_items"}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    again = assemble(
+        db_engine, "sft", tmp_path / "b", fresh, ratio=0.25, seed=3, marks=Watermarks()
+    )
+    assert again.path.read_text() == ds.path.read_text()  # reproducible
+    none = assemble(db_engine, "sft", tmp_path / "c", fresh, ratio=0.0, seed=3, marks=Watermarks())
+    assert none.replay == 0
+
+
+def test_fresh_rows_from_the_database_respect_watermarks(db_engine: Engine) -> None:
+    with session_scope(db_engine) as s:
+        run = SynthRun(adapter="base", seed=0, config={})
+        s.add(run)
+        s.flush()
+        for i in range(3):
+            s.add(
+                SFTExample(
+                    record_key=f"k{i}", origin="synth", prompt=Q, completion=str(i), task="add"
+                )
+            )
+        s.add(
+            PreferencePair(
+                record_key="p1",
+                source="t",
+                content_hash="h",
+                origin="synth",
+                prompt=Q,
+                chosen="7",
+                rejected="8",
+                task="add",
+                meta={},
+            )
+        )
+        # Prompt A: solved 1 of 2 times (mixed); prompt B: always solved (no signal).
+        for prompt, scores in (("A", [1.0, 0.0]), ("B", [1.0, 1.0])):
+            for score in scores:
+                sample = Sample(
+                    synth_run_id=run.id,
+                    prompt=[{"role": "user", "content": prompt}],
+                    prompt_hash=prompt * 8,
+                    completion="x",
+                    task="add",
+                    meta={"reference": "7"},
+                )
+                s.add(sample)
+                s.flush()
+                s.add(Judgment(sample_id=sample.id, scorer="verifier", score=score))
+    sft = fresh_rows(db_engine, "sft", Watermarks())
+    assert [r.row["messages"][-1]["content"] for r in sft] == ["0", "1", "2"]
+    assert len(fresh_rows(db_engine, "sft", Watermarks(sft_example_id=2))) == 1
+    [pair] = fresh_rows(db_engine, "dpo", Watermarks())
+    assert pair.row["chosen"] == [{"role": "assistant", "content": "7"}]
+    [prompt] = fresh_rl_prompts(db_engine, 0)
+    assert prompt.row == {
+        "prompt": [{"role": "user", "content": "A"}],
+        "reference": "7",
+        "task": "add",
+    }
+    assert fresh_rl_prompts(db_engine, 1) == []
+    state = curriculum_state(db_engine, Watermarks(), sft_runs=0)
+    assert (state.fresh_sft, state.fresh_pairs, state.rl_prompts) == (3, 1, 1)
+    assert state.format_competence == 0.75
