@@ -203,13 +203,16 @@ class _BulkInsert:
             f"VALUES ({', '.join(marks)}) ON CONFLICT ({quote('record_key')}) DO NOTHING"
         )
 
-    def params(self, row: dict[str, Any], encoded: dict[str, str]) -> tuple[Any, ...]:
-        row = {**row, **encoded}
+    def params(self, *parts: dict[str, Any]) -> tuple[Any, ...]:
+        """The parameter tuple of one row from dicts of column values (later ones win)."""
+        row: dict[str, Any] = {}
+        for part in parts:
+            row.update(part)
         for name, proc in self.processors.items():
             value = row.get(name)
             if value is not None:
                 row[name] = proc(value)
-        return tuple([row.get(name) for name in self.columns])
+        return tuple(map(row.get, self.columns))
 
     def execute(self, conn: Connection, rows: list[tuple[Any, ...]]) -> int:
         """Insert `rows`; return how many were new (the rest hit an existing key)."""
@@ -257,13 +260,14 @@ class _Writer:
         if key in bucket:
             self.report.duplicates += 1
         else:
-            row = dict(record.row)
-            row["record_key"] = key
-            row["source"] = self.source
-            row["external_id"] = record.external_id
-            row["content_hash"] = record.content_hash
-            row["received_at" if record.table == "interactions" else "created_at"] = received_at
-            params = self.inserts[record.table].params(row, record.encoded)
+            extra = {
+                "record_key": key,
+                "source": self.source,
+                "external_id": record.external_id,
+                "content_hash": record.content_hash,
+                "received_at" if record.table == "interactions" else "created_at": received_at,
+            }
+            params = self.inserts[record.table].params(record.row, record.encoded, extra)
             bucket[key] = _Pending(params, line, raw)
             self.count += 1
         if self.count >= self.batch_size:
