@@ -1,4 +1,5 @@
-"""Tables the daemon keeps: adapter versions, the production pointer and its moves.
+"""Tables the daemon keeps: adapter versions, the production pointer and its moves,
+improvement cycles with their evaluations and gate decisions, drift snapshots, leases.
 
 They share `replay.models.Base` (one metadata, one naming convention) so that Alembic
 sees every table. The adapter folders themselves are in `stages/registry.py`; the
@@ -10,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from replay.models import Base, UTCDateTime, utcnow
@@ -67,3 +68,94 @@ class ProductionMove(Base):
     moved_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
     __table_args__ = (CheckConstraint("kind IN ('promote', 'rollback')", name="kind"),)
+
+
+CYCLE_STATES = (
+    "synthesize",
+    "assemble",
+    "train",
+    "gate",
+    "decide",
+    "report",
+    "done",
+    "skipped",
+    "failed",
+)
+
+
+class Cycle(Base):
+    """One improvement cycle; `state` is the next step to run (or how it ended)."""
+
+    __tablename__ = "cycles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="synthesize", index=True)
+    requested_stage: Mapped[str] = mapped_column(String(8), default="auto")
+    stage: Mapped[str | None] = mapped_column(String(8))
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    parent_version: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.version"))
+    candidate_version: Mapped[int | None] = mapped_column(Integer)
+    synth_run_id: Mapped[int | None] = mapped_column(ForeignKey("synth_runs.id"))
+    watermarks: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    dataset: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    train_result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    outcome_reason: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    step_timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class EvalRun(Base):
+    """One lm-eval evaluation of one policy on the gate's suite, per-item results included."""
+
+    __tablename__ = "eval_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cycle_id: Mapped[int | None] = mapped_column(ForeignKey("cycles.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    adapter: Mapped[str] = mapped_column(String(32))
+    suite_hash: Mapped[str] = mapped_column(String(64))
+    cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    results: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class GateDecision(Base):
+    """What the regression gate decided about a candidate, and why."""
+
+    __tablename__ = "gate_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id"), unique=True)
+    candidate_version: Mapped[int] = mapped_column(Integer)
+    production_version: Mapped[int | None] = mapped_column(Integer)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    tasks: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DriftSnapshot(Base):
+    """Drift measurements of the production version after a cycle (for `tutord report`)."""
+
+    __tablename__ = "drift_snapshots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cycle_id: Mapped[int | None] = mapped_column(ForeignKey("cycles.id"), unique=True)
+    version: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Lease(Base):
+    """A named lease (APScheduler style): who holds it and until when."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    acquired_by: Mapped[str] = mapped_column(String(200))
+    acquired_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -140,6 +140,7 @@ class SynthRun(Base):
     __tablename__ = "synth_runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cycle_id: Mapped[int | None] = mapped_column(Integer, index=True)
     adapter: Mapped[str] = mapped_column(String(200))
     seed: Mapped[int] = mapped_column(Integer)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
