@@ -149,6 +149,63 @@ class WorldSettings(BaseModel):
     )
 
 
+class StageSettings(BaseModel):
+    """Training settings of one stage (the stage module's config takes the rest from its
+    own defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(100, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    per_device_batch_size: int = Field(16, ge=1)
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    max_seconds: float | None = Field(600.0, gt=0, description="Wall-clock budget of the stage.")
+    beta: float | None = Field(None, ge=0, description="DPO beta / RL KL coefficient.")
+    num_generations: int | None = Field(None, ge=2, description="RL group size.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Other fields of the stage's config, passed as is."
+    )
+
+
+class TrainSettings(BaseModel):
+    """How stages run: processes and per-stage settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nproc: int = Field(1, ge=1, description="Training processes (torchrun on CPU).")
+    launcher: Literal["auto", "python", "torchrun", "accelerate"] = "auto"
+    accelerate_config: str | None = None
+    timeout_s: float | None = Field(3600.0, gt=0)
+    threads: int = Field(1, ge=1, description="torch threads per training process.")
+    sft: StageSettings = StageSettings(max_steps=150, learning_rate=3e-3)
+    dpo: StageSettings = StageSettings(max_steps=60, learning_rate=1e-3, beta=0.1)
+    rl: StageSettings = StageSettings(
+        max_steps=40, learning_rate=1e-3, beta=0.04, num_generations=8, per_device_batch_size=16
+    )
+
+
+class GateSettings(BaseModel):
+    """The lm-eval regression gate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tolerance: float = Field(0.02, ge=0, description="A drop larger than this can be a regression.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired test.")
+    require_gain: bool = Field(
+        False, description="Promote only with a significant gain on the target tasks."
+    )
+    target_tasks: list[str] = Field(
+        default_factory=list, description="Tasks the cycle means to improve (empty: all)."
+    )
+    max_items: int | None = Field(200, ge=1, description="Held-out items per task.")
+    backend: Literal["hf", "vllm"] = "hf"
+    include_paths: list[str] = Field(
+        default_factory=list, description="Extra lm-eval task folders (your own YAML tasks)."
+    )
+    extra_tasks: list[str] = Field(default_factory=list, description="Task names from them.")
+
+
 class Settings(BaseSettings):
     """Everything configurable about one tutord installation."""
 
@@ -167,6 +224,8 @@ class Settings(BaseSettings):
     synth: SynthSettings = SynthSettings()
     world: WorldSettings = WorldSettings()
     curriculum: CurriculumSettings = CurriculumSettings()
+    train: TrainSettings = TrainSettings()
+    gate: GateSettings = GateSettings()
 
     toml_file: ClassVar[Path | None] = None
 
@@ -288,6 +347,40 @@ min_pairs = 32
 min_rl_prompts = 16
 # Allow RL on a policy that has had no SFT.
 allow_rl_zero = false
+
+[train]
+# Training processes; more than 1 runs the stage under torchrun (gloo on CPU).
+nproc = 1
+launcher = "auto"
+timeout_s = 3600.0
+threads = 1
+# Per stage: max_steps, learning_rate, per_device_batch_size, lora_r, lora_alpha,
+# max_seconds, beta (DPO / RL KL), num_generations (RL), extra = { any stage config field }.
+[train.sft]
+max_steps = 150
+learning_rate = 0.003
+[train.dpo]
+max_steps = 60
+learning_rate = 0.001
+beta = 0.1
+[train.rl]
+max_steps = 40
+learning_rate = 0.001
+beta = 0.04
+num_generations = 8
+
+[gate]
+# A task regresses when the candidate is worse by more than `tolerance` and a paired
+# test (McNemar) says p < alpha.
+tolerance = 0.02
+alpha = 0.05
+require_gain = false
+target_tasks = []
+max_items = 200
+backend = "hf"
+# Your own lm-eval task folders and the task names to run from them.
+include_paths = []
+extra_tasks = []
 
 [world]
 seed = 0

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, func, select
 
 from daemon import adapters
 from daemon.home import Home
+from daemon.models import Cycle
 from daemon.policy import judge_backend, policy_backend, production_adapter, uses_world
 from daemon.settings import Settings
 from judges import verifiers
@@ -76,9 +77,13 @@ class SynthSummary:
 
 
 def world_step(engine: Engine) -> int:
-    """How far the world's release schedule has advanced: the number of promotions so far."""
+    """How far the world's release schedule has advanced: the number of finished cycles."""
     with session_scope(engine) as session:
-        return sum(1 for m in adapters.history(session) if m.kind == "promote")
+        return int(
+            session.execute(
+                select(func.count()).select_from(Cycle).where(Cycle.state.in_(("done", "skipped")))
+            ).scalar_one()
+        )
 
 
 def verifier_for(
@@ -193,10 +198,11 @@ def store(
     config: SynthConfig,
     judge_name: str | None,
     feedback: tuple[list[SFTExample], list[Pair]],
+    cycle_id: int | None = None,
 ) -> SynthSummary:
     """Write one run's samples, judgments, SFT examples and pairs in one transaction."""
     with session_scope(engine) as session:
-        run = SynthRun(adapter=adapter, seed=config.seed, config=asdict(config))
+        run = SynthRun(adapter=adapter, seed=config.seed, config=asdict(config), cycle_id=cycle_id)
         session.add(run)
         session.flush()
         sample_ids: dict[tuple[int, int], int] = {}
@@ -322,6 +328,7 @@ def run_synth(
     n: int | None = None,
     seed: int = 0,
     backend: GenerationBackend | None = None,
+    cycle_id: int | None = None,
 ) -> SynthSummary:
     """One synthesis run with the production policy; returns what it stored."""
     s = settings.synth
