@@ -334,13 +334,25 @@ def feedback_data(items: Sequence[FeedbackItem]) -> tuple[list[SFTExample], list
     """SFT examples and pairs from user feedback.
 
     A correction gives an SFT example (the correction) and a pair (correction over the
-    original answer). Thumbs up and down on different answers to the same prompt give
+    original answer); an answer the user liked (thumbs up, no correction) gives an SFT
+    example. Thumbs up and down on different answers to the same prompt give
     pairs (each liked answer over each disliked one).
     """
     sft: list[SFTExample] = []
     pairs: list[Pair] = []
     by_prompt: dict[str, list[FeedbackItem]] = {}
     for item in items:
+        if item.rating == 1 and not item.correction:
+            sft.append(
+                SFTExample(
+                    item.prompt,
+                    item.answer,
+                    item.task,
+                    None,
+                    "feedback",
+                    interaction_id=item.interaction_id,
+                )
+            )
         if item.correction and item.correction.strip() and item.correction != item.answer:
             sft.append(
                 SFTExample(

@@ -138,7 +138,11 @@ def test_feedback_becomes_data() -> None:
         FeedbackItem(OPEN, "x", rating=1, interaction_id=4),
     ]
     sft, pairs = feedback_data(items)
-    assert [(e.completion, e.origin, e.interaction_id) for e in sft] == [("7", "feedback", 1)]
+    assert [(e.completion, e.origin, e.interaction_id) for e in sft] == [
+        ("7", "feedback", 1),
+        ("7", "feedback", 2),
+        ("x", "feedback", 4),
+    ]
     assert sorted((p.chosen, p.rejected) for p in pairs) == [("7", "8"), ("7", "8"), ("7", "9")]
     assert all(p.origin == "feedback" for p in pairs)
 
