@@ -32,7 +32,7 @@ demo: $(VENV)/.installed
 	$(BIN)/tutord --home $(DEMO_HOME) status
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -n 2 --durations=10
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=10
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

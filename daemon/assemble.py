@@ -23,7 +23,7 @@ from typing import Any, Literal
 from sqlalchemy import Engine, func, select
 
 from daemon.curriculum import CurriculumState, Stage
-from replay.buffer import NewReplayItem, sample
+from replay.buffer import sample
 from replay.db import session_scope
 from replay.models import Judgment, PreferencePair, Sample, SFTExample, SynthRun
 
@@ -39,9 +39,6 @@ class TrainingRow:
     task: str
     row: dict[str, Any]
     ref: str
-
-    def as_replay_item(self) -> NewReplayItem:
-        return NewReplayItem(self.kind, self.task, self.row, source=self.ref.split(":")[0])
 
 
 @dataclass(frozen=True)

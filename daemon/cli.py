@@ -10,6 +10,14 @@ configuration, database behind its migrations); 3 some input lines were rejected
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Progress bars of libraries (lm-eval, datasets) read this when they are imported, which
+# happens below; `-v` keeps them.
+if not {"-v", "--verbose"} & set(sys.argv):
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
 import json
 import logging
 import sys
@@ -19,13 +27,16 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+from sqlalchemy import select
 
 from daemon import adapters, migrate
 from daemon.cli_adapters import adapters_app, rollback
+from daemon.cli_cycle import cycle, report
 from daemon.cli_synth import synth
 from daemon.cli_world import world_app
 from daemon.cliutil import EXIT_REJECTED, Context, err, fail, guard, out, ready
 from daemon.home import resolve_home
+from daemon.models import Cycle
 from replay.db import session_scope
 from replay.ingest import IngestReport, ingest_files
 from replay.stats import data_counts
@@ -63,8 +74,6 @@ def main(
 
 def _quiet_libraries() -> None:
     """No progress bars or advice from transformers on a plain run (`-v` keeps them)."""
-    import os
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
@@ -166,12 +175,25 @@ def status(
     counts = guard(lambda: data_counts(c.engine))
     with session_scope(c.engine) as session:
         prod = adapters.production(session)
+        cycles = [
+            {
+                "id": row.id,
+                "state": row.state,
+                "stage": row.stage,
+                "candidate": None if row.candidate_version is None else f"v{row.candidate_version}",
+                "outcome": row.outcome,
+                "reason": row.outcome_reason or row.decision_reason,
+                "seconds": round(sum((row.step_timings or {}).values()), 1),
+            }
+            for row in session.execute(select(Cycle).order_by(Cycle.id.desc()).limit(5)).scalars()
+        ]
     info = {
         "home": str(c.home.root),
         "production": adapters.label(prod),
         "database": c.engine.url.render_as_string(hide_password=True),
         "revision": migrate.current_revision(c.engine),
         "data": counts.to_dict(),
+        "cycles": cycles,
     }
     if as_json:
         out.print_json(json.dumps(info))
@@ -179,6 +201,12 @@ def status(
     out.print(f"home      {info['home']}")
     out.print(f"database  {info['database']} (revision {info['revision']})")
     out.print(f"production adapter  {info['production']}")
+    for cy in cycles:
+        out.print(
+            f"  cycle {cy['id']:<4} {cy['state']:<10} {cy['stage'] or '-':<4} "
+            f"{cy['candidate'] or '-':<5} {cy['outcome'] or '':<9} {cy['seconds']:>7} s  "
+            f"{(cy['reason'] or '')[:90]}"
+        )
     out.print(
         f"interactions  {counts.interactions} ({counts.interactions_with_feedback} with feedback)"
     )
@@ -238,4 +266,10 @@ def db_current(ctx: typer.Context) -> None:
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(world_app, name="world")
 app.command()(synth)
+app.command()(cycle)
+app.command()(report)
 app.command()(rollback)
+
+
+if __name__ == "__main__":
+    app()

@@ -178,10 +178,15 @@ class TrainSettings(BaseModel):
     accelerate_config: str | None = None
     timeout_s: float | None = Field(3600.0, gt=0)
     threads: int = Field(1, ge=1, description="torch threads per training process.")
-    sft: StageSettings = StageSettings(max_steps=150, learning_rate=3e-3)
+    sft: StageSettings = StageSettings(max_steps=600, learning_rate=3e-3)
     dpo: StageSettings = StageSettings(max_steps=60, learning_rate=1e-3, beta=0.1)
     rl: StageSettings = StageSettings(
-        max_steps=40, learning_rate=1e-3, beta=0.04, num_generations=8, per_device_batch_size=16
+        max_steps=80,
+        learning_rate=2e-4,
+        beta=0.04,
+        num_generations=8,
+        per_device_batch_size=32,
+        extra={"temperature": 0.7, "max_completion_length": 16},
     )
 
 
@@ -357,17 +362,19 @@ threads = 1
 # Per stage: max_steps, learning_rate, per_device_batch_size, lora_r, lora_alpha,
 # max_seconds, beta (DPO / RL KL), num_generations (RL), extra = { any stage config field }.
 [train.sft]
-max_steps = 150
+max_steps = 600
 learning_rate = 0.003
 [train.dpo]
 max_steps = 60
 learning_rate = 0.001
 beta = 0.1
 [train.rl]
-max_steps = 40
-learning_rate = 0.001
+max_steps = 80
+learning_rate = 0.0002
 beta = 0.04
 num_generations = 8
+per_device_batch_size = 32
+extra = { temperature = 0.7, max_completion_length = 16 }
 
 [gate]
 # A task regresses when the candidate is worse by more than `tolerance` and a paired

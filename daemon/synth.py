@@ -409,10 +409,11 @@ def run_synth(
             separate_judge.close()
     label = "base" if adapter is None else adapter.name
     return store(
-        engine, result, adapter=label, config=config, judge_name=judge_name, feedback=feedback
+        engine,
+        result,
+        adapter=label,
+        config=config,
+        judge_name=judge_name,
+        feedback=feedback,
+        cycle_id=cycle_id,
     )
-
-
-def count_sft(engine: Engine) -> int:
-    with session_scope(engine) as session:
-        return int(session.execute(select(func.count()).select_from(SFTRow)).scalar_one())

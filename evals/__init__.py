@@ -1,1 +1,14 @@
-"""placeholder"""
+"""evals: the lm-eval regression gate, drift measurement and drift reports.
+
+- `evals.tasks`: lm-eval task folders from the arith world's held-out prompts (plus user
+  task folders), with a content hash per suite.
+- `evals.run`: runs a suite through `lm_eval.simple_evaluate` (hf or vLLM backend, LoRA
+  adapters) into typed per-item results, with a JSON cache of runs.
+- `evals.gate`: the paired, per-task promotion rule (bootstrap interval, exact McNemar).
+- `evals.drift`: KL divergence between policies, drift snapshots and the HTML/JSON report.
+
+It takes plain inputs (paths, lists) and returns frozen records; it never imports `daemon/`
+and never opens a database session. Importing this package imports nothing heavy.
+"""
+
+from __future__ import annotations

@@ -1,0 +1,107 @@
+"""The gate step of a cycle: evaluate production and candidate with lm-eval, decide, record.
+
+It builds the regression suite (held-out prompts of the world's released families plus
+the user's own lm-eval tasks), evaluates production (from the cache when nothing
+changed) and the candidate through `evals.run.evaluate`, applies `evals.gate.gate`, and
+stores both evaluations and the decision in one transaction. The statistics are in
+`evals/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from daemon.home import Home
+from daemon.models import Cycle, EvalRun, GateDecision
+from daemon.policy import apply_threads, base_model, uses_world
+from daemon.settings import Settings
+from daemon.synth import world_step
+from evals.gate import GateResult, GateRules, gate
+from evals.run import EvalCache, EvalSettings, evaluate
+from evals.run import EvalRun as Evaluation
+from evals.tasks import SuiteSpec, write_suite
+from replay.db import session_scope
+from stages import registry
+from stages.generate.api import AdapterRef
+from stages.world.schedule import live_families
+
+
+def adapter_ref(home: Home, version: int | None) -> AdapterRef | None:
+    if version is None:
+        return None
+    return AdapterRef(registry.version_name(version), registry.adapter_path(home.adapters, version))
+
+
+def suite(engine: Engine, home: Home, settings: Settings) -> SuiteSpec:
+    """The regression suite for the world's released families and the user's own tasks."""
+    families = (
+        live_families(world_step(engine), settings.world.release) if uses_world(settings) else []
+    )
+    name = "-".join(families) or "user"
+    return write_suite(
+        home.root / "evals" / "suites" / name,
+        families,
+        settings.gate.max_items,
+        seed=0,
+        include_paths=[Path(p) for p in settings.gate.include_paths],
+        user_tasks=settings.gate.extra_tasks,
+    )
+
+
+def evaluate_policy(
+    engine: Engine, home: Home, settings: Settings, version: int | None, spec: SuiteSpec
+) -> Evaluation:
+    apply_threads(settings)
+    return evaluate(
+        base_model(home, settings),
+        adapter_ref(home, version),
+        spec,
+        backend=settings.gate.backend,
+        settings=EvalSettings(),
+        cache=EvalCache(home.root / "evals" / "cache"),
+    )
+
+
+def evaluate_and_gate(engine: Engine, home: Home, settings: Settings, cycle: Cycle) -> GateResult:
+    """Evaluate, decide and record the gate of `cycle`'s candidate."""
+    assert cycle.candidate_version is not None
+    spec = suite(engine, home, settings)
+    production = evaluate_policy(engine, home, settings, cycle.parent_version, spec)
+    candidate = evaluate_policy(engine, home, settings, cycle.candidate_version, spec)
+    g = settings.gate
+    rules = GateRules(
+        tolerance=g.tolerance,
+        alpha=g.alpha,
+        target_tasks=tuple(g.target_tasks),
+        require_gain=g.require_gain,
+        seed=cycle.seed,
+    )
+    result = gate(production, candidate, rules)
+    with session_scope(engine) as s:
+        for role, run, version in (
+            ("production", production, cycle.parent_version),
+            ("candidate", candidate, cycle.candidate_version),
+        ):
+            s.add(
+                EvalRun(
+                    cycle_id=cycle.id,
+                    role=role,
+                    adapter="base" if version is None else registry.version_name(version),
+                    suite_hash=run.suite_hash,
+                    cached=run.from_cache,
+                    results=run.to_dict(),
+                )
+            )
+        s.add(
+            GateDecision(
+                cycle_id=cycle.id,
+                candidate_version=cycle.candidate_version,
+                production_version=cycle.parent_version,
+                passed=result.passed,
+                reason=result.reason,
+                tasks=result.to_dict()["tasks"],
+            )
+        )
+    return result

@@ -1,0 +1,467 @@
+"""lm-eval task folders built from tutord's own data: the gate's regression suite.
+
+`write_suite` writes, per task family of the arith world (add, sub, mul), one lm-eval
+`generate_until` task over that family's HELD-OUT prompts (`stages.world.split`: never
+trained on), as a YAML file plus a JSONL data file (`dataset_path: json`), and a small
+metric module whose `process_results` pulls the final integer out of the answer
+(`stages.world.verify.final_integer`) and compares it with the reference: a per-item 0/1
+`exact_match` that lm-eval's `log_samples` records for every item. Decoding is greedy,
+stops at the end-of-turn token `<|end|>` and writes at most `max_gen_toks` tokens; the chat
+template is applied at evaluation time (`simple_evaluate(apply_chat_template=True)`,
+`evals.run.EvalSettings`). User-provided lm-eval task folders (include paths + task names)
+join the same suite. The folder is written atomically and described by a `SuiteSpec` whose
+`hash` is a content hash of everything that defines the suite (task YAML, data, scoring
+code, user folders), independent of where the folder lies: the key under which
+`evals.run.EvalCache` stores results.
+
+It does not run lm-eval (see `evals.run`) and does not decide anything (see `evals.gate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import random
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stages.world import verify as world_verify
+from stages.world.config import WorldConfig
+from stages.world.tasks import Problem
+from stages.world.tasks import families as world_families
+from stages.world.tokenizer import END
+
+log = logging.getLogger(__name__)
+
+SUITE_FORMAT = 1
+SUITE_FILE = "suite.json"
+METRIC_MODULE = "tutord_arith_metric"
+"""The metric module's file stem inside a suite folder (`!function` resolves it there)."""
+DEFAULT_PREFIX = "tutord_arith"
+DEFAULT_MAX_GEN_TOKS = 16
+_DATA_PLACEHOLDER = "{DATA_FILE}"
+_TMP_PREFIX = ".tmp-"
+
+# Written into every suite folder as METRIC_MODULE + ".py"; lm-eval loads it from there for
+# `process_results: !function tutord_arith_metric.process_results`. It needs tutord importable
+# (it is, in the process that runs `evals.run.evaluate`).
+METRIC_SOURCE = '''"""Scoring of tutord's arith tasks for lm-eval (written by evals.tasks).
+
+The answer is right when its final integer equals the reference's: a 0/1 `exact_match`
+per item.
+"""
+
+from stages.world.verify import final_integer
+
+
+def process_results(doc, results):
+    """lm-eval's per-document hook: `results` holds the one filtered generation."""
+    answer = results[0] if results else ""
+    got = final_integer(answer if isinstance(answer, str) else "")
+    expected = final_integer(str(doc["reference"]))
+    return {"exact_match": 1.0 if got is not None and got == expected else 0.0}
+'''
+
+
+@dataclass(frozen=True)
+class SuiteTask:
+    """One lm-eval task of a suite and the metric whose per-item scores the gate pairs.
+
+    name: the lm-eval task name (a task, not a group).
+    metric: the metric key in lm-eval's results and logged samples ("exact_match").
+    filter: the filter key whose results count ("none" when the task defines no filter).
+    family: the arith family it was built from; None for a user-provided task.
+    n_items: how many items the task has, when known (arith tasks).
+    """
+
+    name: str
+    metric: str = "exact_match"
+    filter: str = "none"
+    family: str | None = None
+    n_items: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "metric": self.metric,
+            "filter": self.filter,
+            "family": self.family,
+            "n_items": self.n_items,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SuiteTask:
+        return cls(
+            name=str(data["name"]),
+            metric=str(data.get("metric", "exact_match")),
+            filter=str(data.get("filter", "none")),
+            family=data.get("family"),
+            n_items=data.get("n_items"),
+        )
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """A regression suite: where lm-eval finds its tasks, which tasks, and its content hash.
+
+    root: the folder `write_suite` wrote (None for a suite of user folders only).
+    include_paths: folders for `lm_eval.tasks.TaskManager(include_path=...)`, root first.
+    tasks: the tasks, in order.
+    hash: sha256 over the suite's defining content (not its location).
+    include_defaults: whether lm-eval's built-in tasks are indexed too (needed only when a
+        user task is one of them; indexing them costs seconds).
+    """
+
+    root: Path | None
+    include_paths: tuple[Path, ...]
+    tasks: tuple[SuiteTask, ...]
+    hash: str
+    include_defaults: bool = False
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate task names in suite: {names}")
+        object.__setattr__(self, "include_paths", tuple(Path(p) for p in self.include_paths))
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    def task(self, name: str) -> SuiteTask:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"no task {name!r} in suite; tasks: {', '.join(self.task_names)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": SUITE_FORMAT,
+            "root": None if self.root is None else str(self.root),
+            "include_paths": [str(p) for p in self.include_paths],
+            "tasks": [t.to_dict() for t in self.tasks],
+            "hash": self.hash,
+            "include_defaults": self.include_defaults,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SuiteSpec:
+        return cls(
+            root=None if data.get("root") is None else Path(data["root"]),
+            include_paths=tuple(Path(p) for p in data["include_paths"]),
+            tasks=tuple(SuiteTask.from_dict(t) for t in data["tasks"]),
+            hash=str(data["hash"]),
+            include_defaults=bool(data.get("include_defaults", False)),
+        )
+
+
+@dataclass(frozen=True)
+class _TaskFiles:
+    name: str
+    family: str
+    yaml_template: str
+    data: bytes
+    n_items: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def item_id(problem: Problem) -> str:
+    """The stable id of an arith item: its family and a hash of its prompt text.
+
+    >>> from stages.world.tasks import get_family
+    >>> item_id(get_family("add").problem(3, 4))
+    'add-9967e62b29b6bb11'
+    """
+    return f"{problem.family}-{_sha256(problem.prompt.encode('utf-8'))[:16]}"
+
+
+def heldout_problems(
+    family: str, max_items: int | None, seed: int, world: WorldConfig | None = None
+) -> list[Problem]:
+    """The family's held-out problems: all of them, or `max_items` drawn without replacement
+    under `seed` (the same seed always gives the same items, in the same order)."""
+    fam = world_families(world)[family]
+    pool = sorted(fam.all_problems("heldout"), key=lambda p: (p.a, p.b, p.phrasing))
+    if max_items is not None:
+        if max_items < 1:
+            raise ValueError(f"max_items_per_task must be >= 1 or None, got {max_items}")
+        rng = random.Random(f"evals-suite:{family}:{seed}")
+        rng.shuffle(pool)
+        pool = pool[:max_items]
+    if not pool:
+        raise ValueError(f"family {family!r} has no held-out prompts")
+    return pool
+
+
+def _task_yaml(name: str, family: str, max_gen_toks: int) -> str:
+    """The task's YAML, with `_DATA_PLACEHOLDER` where the data file's path goes.
+
+    Strings are written as JSON, which YAML reads as flow scalars; `!function` is lm-eval's
+    tag for a Python callable (resolved next to the YAML file)."""
+    q = json.dumps
+    return "\n".join(
+        [
+            f"# tutord regression task: held-out {family} problems of the arith world.",
+            "# Written by evals.tasks.write_suite; do not edit (the suite hash covers it).",
+            f"task: {q(name)}",
+            "dataset_path: json",
+            "dataset_kwargs:",
+            "  data_files:",
+            f"    test: {_DATA_PLACEHOLDER}",
+            "test_split: test",
+            "output_type: generate_until",
+            'doc_to_text: "{{prompt}}"',
+            'doc_to_target: "{{reference}}"',
+            'target_delimiter: ""',
+            "num_fewshot: 0",
+            "generation_kwargs:",
+            f"  until: [{q(END)}]",
+            "  do_sample: false",
+            "  temperature: 0.0",
+            f"  max_gen_toks: {int(max_gen_toks)}",
+            f"process_results: !function {METRIC_MODULE}.process_results",
+            "metric_list:",
+            "  - metric: exact_match",
+            "    aggregation: mean",
+            "    higher_is_better: true",
+            "metadata:",
+            "  version: 1",
+            f"  family: {q(family)}",
+            "",
+        ]
+    )
+
+
+def _task_data(problems: Sequence[Problem]) -> bytes:
+    rows = [
+        {
+            "id": item_id(p),
+            "family": p.family,
+            "prompt": p.prompt,
+            "reference": p.answer,
+            "a": p.a,
+            "b": p.b,
+            "phrasing": p.phrasing,
+        }
+        for p in problems
+    ]
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode("utf-8")
+
+
+def _folder_digest(path: Path) -> dict[str, str]:
+    """sha256 of every file under `path` (caches skipped), keyed by relative path."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"lm-eval task folder {path} does not exist")
+    out: dict[str, str] = {}
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path)
+        if not p.is_file() or any(
+            part in ("__pycache__", ".ipynb_checkpoints") for part in rel.parts
+        ):
+            continue
+        out[rel.as_posix()] = _sha256(p.read_bytes())
+    return out
+
+
+def _check_user_tasks(
+    include_paths: Sequence[Path], tasks: Sequence[SuiteTask], include_defaults: bool
+) -> None:
+    """Fail early when lm-eval cannot find a user task in the given folders."""
+    if not tasks:
+        return
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(
+        include_path=[str(p) for p in include_paths], include_defaults=include_defaults
+    )
+    known = set(manager.all_tasks)
+    missing = [t.name for t in tasks if t.name not in known]
+    if missing:
+        raise ValueError(
+            f"lm-eval finds no task named {', '.join(missing)} in {[str(p) for p in include_paths]}"
+            + ("" if include_defaults else " (built-in tasks are not indexed: include_defaults)")
+        )
+
+
+def suite_hash(
+    arith: Sequence[_TaskFiles],
+    user_paths: Sequence[Path],
+    user_tasks: Sequence[SuiteTask],
+    include_defaults: bool,
+) -> str:
+    """sha256 of the canonical description of a suite (no absolute paths in it)."""
+    description = {
+        "format": SUITE_FORMAT,
+        "metric_source": _sha256(METRIC_SOURCE.encode("utf-8")),
+        "verifier_source": _sha256(inspect.getsource(world_verify).encode("utf-8")),
+        "arith": [
+            {
+                "name": t.name,
+                "yaml": _sha256(t.yaml_template.encode("utf-8")),
+                "data": _sha256(t.data),
+            }
+            for t in arith
+        ],
+        "user_folders": [_folder_digest(p) for p in user_paths],
+        "user_tasks": [t.to_dict() for t in user_tasks],
+        "include_defaults": include_defaults,
+    }
+    canonical = json.dumps(description, sort_keys=True, separators=(",", ":"))
+    return _sha256(canonical.encode("utf-8"))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with path.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_suite(root: Path) -> SuiteSpec:
+    """The `SuiteSpec` recorded in a folder `write_suite` wrote."""
+    return SuiteSpec.from_dict(json.loads((Path(root) / SUITE_FILE).read_text(encoding="utf-8")))
+
+
+def write_suite(
+    out_dir: Path,
+    families: list[str],
+    max_items_per_task: int | None,
+    seed: int = 0,
+    *,
+    world: WorldConfig | None = None,
+    include_paths: Sequence[Path | str] = (),
+    user_tasks: Sequence[str | SuiteTask] = (),
+    include_defaults: bool = False,
+    max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
+    prefix: str = DEFAULT_PREFIX,
+) -> SuiteSpec:
+    """Write the regression suite's lm-eval task folder at `out_dir` and return its spec.
+
+    One task `<prefix>_<family>` per family in `families`, over its held-out prompts (all, or
+    `max_items_per_task` of them drawn under `seed`), plus `user_tasks` (names, or
+    `SuiteTask`s naming their metric and filter) found in the lm-eval folders
+    `include_paths`. The folder holds `<task>.yaml`, `<task>.jsonl`, the metric module and
+    `suite.json`; it is built in a temporary folder beside `out_dir` and renamed into place.
+    When `out_dir` already holds a suite with the same hash it is left as it is.
+    """
+    out_dir = Path(out_dir).resolve()
+    if max_gen_toks < 1:
+        raise ValueError(f"max_gen_toks must be >= 1, got {max_gen_toks}")
+    known = world_families(world)
+    unknown = [f for f in families if f not in known]
+    if unknown:
+        raise KeyError(f"unknown task families {unknown}; known: {', '.join(known)}")
+    if len(set(families)) != len(families):
+        raise ValueError(f"families repeat: {families}")
+    if not families and not user_tasks:
+        raise ValueError("a suite needs at least one family or user task")
+
+    arith: list[_TaskFiles] = []
+    for family in families:
+        name = f"{prefix}_{family}"
+        problems = heldout_problems(family, max_items_per_task, seed, world)
+        arith.append(
+            _TaskFiles(
+                name=name,
+                family=family,
+                yaml_template=_task_yaml(name, family, max_gen_toks),
+                data=_task_data(problems),
+                n_items=len(problems),
+            )
+        )
+    user_paths = tuple(Path(p).resolve() for p in include_paths)
+    user = tuple(t if isinstance(t, SuiteTask) else SuiteTask(name=str(t)) for t in user_tasks)
+    if user and not user_paths and not include_defaults:
+        raise ValueError("user tasks need include_paths (or include_defaults for built-in tasks)")
+    _check_user_tasks(user_paths, user, include_defaults)
+    digest = suite_hash(arith, user_paths, user, include_defaults)
+
+    tasks = tuple(SuiteTask(name=t.name, family=t.family, n_items=t.n_items) for t in arith) + user
+    spec = SuiteSpec(
+        root=out_dir,
+        include_paths=(out_dir, *user_paths),
+        tasks=tasks,
+        hash=digest,
+        include_defaults=include_defaults,
+    )
+
+    if (out_dir / SUITE_FILE).is_file():
+        try:
+            existing = read_suite(out_dir)
+        except (ValueError, KeyError, OSError):
+            existing = None
+        if existing is not None and existing == spec:
+            log.info("suite %s unchanged at %s", digest[:12], out_dir)
+            return existing
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f"{_TMP_PREFIX}{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write_file(tmp / f"{METRIC_MODULE}.py", METRIC_SOURCE.encode("utf-8"))
+        for t in arith:
+            data_name = f"{t.name}.jsonl"
+            _write_file(tmp / data_name, t.data)
+            # the final location: the folder is renamed into place below
+            text = t.yaml_template.replace(_DATA_PLACEHOLDER, json.dumps(str(out_dir / data_name)))
+            _write_file(tmp / f"{t.name}.yaml", text.encode("utf-8"))
+        _write_file(tmp / SUITE_FILE, json.dumps(spec.to_dict(), indent=2).encode("utf-8"))
+        _fsync_dir(tmp)
+        trash = None
+        if out_dir.exists():
+            trash = out_dir.parent / f".trash-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(out_dir, trash)
+        os.rename(tmp, out_dir)
+        _fsync_dir(out_dir.parent)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "wrote suite %s at %s: %s",
+        digest[:12],
+        out_dir,
+        ", ".join(f"{t.name} ({t.n_items} items)" if t.n_items else t.name for t in tasks),
+    )
+    return spec
+
+
+def user_suite(
+    include_paths: Sequence[Path | str],
+    tasks: Sequence[str | SuiteTask],
+    *,
+    include_defaults: bool = False,
+) -> SuiteSpec:
+    """A suite of user-provided lm-eval tasks only (nothing is written)."""
+    paths = tuple(Path(p).resolve() for p in include_paths)
+    user = tuple(t if isinstance(t, SuiteTask) else SuiteTask(name=str(t)) for t in tasks)
+    if not user:
+        raise ValueError("a suite needs at least one task")
+    _check_user_tasks(paths, user, include_defaults)
+    return SuiteSpec(
+        root=None,
+        include_paths=paths,
+        tasks=user,
+        hash=suite_hash((), paths, user, include_defaults),
+        include_defaults=include_defaults,
+    )

@@ -1,0 +1,207 @@
+"""The DPO stage: direct preference optimization of a LoRA adapter with TRL's `DPOTrainer`.
+
+`python -m stages.dpo --config FILE` (or under `torchrun` / `accelerate launch`) trains on a
+JSONL file of preference pairs in TRL's conversational format, `{"prompt": [messages],
+"chosen": [{"role": "assistant", ...}], "rejected": [{"role": "assistant", ...}], "task": ...}`.
+
+The reference policy is the production policy, frozen:
+- with `parent_adapter`, the policy is that adapter loaded trainable, and TRL 1.16's
+  DPOTrainer (given a `PeftModel` and no `ref_model`) adds a copy of it named "ref" whose
+  weights never train, and computes the reference log-probs with "ref" active;
+- without one (no production adapter yet), a fresh LoRA is applied by TRL and the reference
+  is the base with the adapter disabled, which is the production policy then.
+`setup` checks that this holds (a "ref" adapter equal to the parent) before training.
+
+The candidate is published to the adapter registry and a `StageResult` written to
+`output_dir/result.json`; guards, checkpoints and resuming are shared with the other stages
+(`stages/common.py`). It does not build preference pairs (judges/ do) or evaluate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from stages import common
+from stages.stage_io import ConfigError, StageResult, load_config, read_result
+
+log = logging.getLogger(__name__)
+
+STAGE = "dpo"
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class DPOStageConfig:
+    """Everything a DPO run reads; loaded from a JSON object with these keys (all optional
+    except `base_model`, `train_file` and `output_dir`; unknown keys are an error)."""
+
+    base_model: str = ""
+    """Folder (or hub id) of the base model and its tokenizer."""
+    parent_adapter: str | None = None
+    """Folder of the production adapter to continue from, or None for a fresh LoRA."""
+    train_file: str = ""
+    """JSONL file of `{"prompt": [...], "chosen": [...], "rejected": [...], "task": ...}` rows."""
+    output_dir: str = ""
+    """The run's work folder: checkpoints/, logs.jsonl, stage.log, config.json, result.json."""
+    adapters_dir: str | None = None
+    """The adapter registry to publish into; None keeps the adapter in `output_dir/adapter`."""
+    version: int | None = None
+    """The version number to publish the candidate as (required with `adapters_dir`)."""
+    parent_version: int | None = None
+    """The parent's version for the manifest; read from the parent's manifest when None."""
+    lora_r: int = 16
+    """LoRA rank of a fresh adapter (a parent adapter keeps its own LoRA settings)."""
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    """Module names to adapt, or ["all-linear"]."""
+    learning_rate: float = 5e-5
+    lr_scheduler_type: str = "linear"
+    """A transformers scheduler name: linear, cosine, constant, constant_with_warmup, ..."""
+    warmup_steps: int = 0
+    max_steps: int = 100
+    """Optimizer steps in all (a resumed run counts the steps before its checkpoint)."""
+    per_device_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    seed: int = 0
+    max_length: int = 1024
+    """Longest tokenized prompt + completion; longer ones are truncated."""
+    beta: float = 0.1
+    """DPO's beta: how far the policy may move from the reference (the production policy)."""
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """auto (float32 on CPU, bfloat16 on a GPU), float32 or bfloat16."""
+    max_seconds: float | None = None
+    """Wall-clock budget of the stage (from its start); training stops gracefully after the
+    step that spends it and the adapter is still published (`stopped_early`)."""
+    loss_explosion_factor: float | None = 10.0
+    """Fail the run when a logged loss exceeds this many times the first; None: off."""
+    save_steps: int = 50
+    """Checkpoint every this many steps under `output_dir/checkpoints`."""
+    save_total_limit: int | None = 2
+    """Checkpoints kept (older ones are deleted); None keeps all."""
+    resume: bool = True
+    """Resume from the newest complete checkpoint in `output_dir` when there is one."""
+    keep_checkpoints: bool = False
+    """Keep `output_dir/checkpoints` after a completed run (they are deleted by default)."""
+    logging_steps: int = 1
+    """Log (and guard) the loss every this many steps."""
+    threads: int = 1
+    """torch threads per process."""
+
+
+@dataclass
+class DPOSession:
+    """A set-up DPO run: the shared `StageRun` plus where the reference comes from."""
+
+    run: common.StageRun
+    reference: str
+    """"ref-adapter" (a frozen copy of the parent) or "base" (adapter disabled)."""
+
+
+def _check_rows(rows: list[dict[str, Any]], path: str) -> None:
+    for number, row in enumerate(rows, start=1):
+        for key in ("prompt", "chosen", "rejected"):
+            if not isinstance(row[key], list) or not all(isinstance(m, dict) for m in row[key]):
+                raise ValueError(f"{path}: row {number}: {key} must be a list of messages")
+        for key in ("chosen", "rejected"):
+            if row[key][-1].get("role") != "assistant":
+                raise ValueError(f"{path}: row {number}: {key} must end with an assistant turn")
+
+
+def setup(config: DPOStageConfig) -> DPOSession:
+    """Load data, policy and trainer; check the reference; find a checkpoint to resume from."""
+    from trl import DPOConfig, DPOTrainer
+
+    for name in ("base_model", "train_file", "output_dir"):
+        if not getattr(config, name):
+            raise ConfigError(f"{name} is required")
+    started = common.begin(config, STAGE)
+    parent_version = common.resolve_parent(
+        config.parent_adapter, config.parent_version, config.base_model
+    )
+    rows, summary = common.load_rows(config.train_file, ["prompt", "chosen", "rejected"])
+    _check_rows(rows, config.train_file)
+    dtype, bf16 = common.resolve_precision(config.precision)
+    lora = common.lora_config(
+        config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules
+    )
+    model, peft_config, tokenizer = common.load_policy(
+        config.base_model, config.parent_adapter, lora=lora, dtype=dtype
+    )
+    parent = common.trainable_adapter_state(model) if peft_config is None else None
+    args = DPOConfig(
+        **common.training_kwargs(config, bf16=bf16),
+        max_length=config.max_length,
+        beta=config.beta,
+    )
+    monitor = common.make_monitor(config, started)
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=common.to_dataset(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[monitor],
+    )
+    common.quiet(trainer)
+    reference = common.check_reference(trainer, parent)
+    log.info("DPO reference policy: %s", reference)
+    run = common.StageRun(
+        stage=STAGE,
+        config=config,
+        trainer=trainer,
+        monitor=monitor,
+        dataset=summary,
+        parent_version=parent_version,
+        resume_from=common.find_resume(config),
+        started=started,
+    )
+    return DPOSession(run=run, reference=reference)
+
+
+def train(session: DPOSession) -> StageResult:
+    """Train, publish (unless a guard failed) and write result.json."""
+    return common.execute(session.run)
+
+
+def cleanup(session: DPOSession | None) -> None:
+    common.cleanup(session.run if session else None)
+
+
+def run(config: DPOStageConfig) -> StageResult:
+    """The whole stage. A finished run (result.json present) is returned as it is."""
+    done = read_result(config.output_dir) if config.output_dir else None
+    if done is not None:
+        log.info("%s has a result already (%s): nothing to do", config.output_dir, done.status)
+        return done
+    session = None
+    try:
+        session = setup(config)
+        return train(session)
+    finally:
+        cleanup(session)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m stages.dpo --config FILE`: exit 0 when the stage completed, 1 otherwise."""
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.dpo", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--config", required=True, type=Path, help="JSON config file")
+    args = parser.parse_args(argv)
+    config = load_config(DPOStageConfig, args.config)
+    if config.output_dir:
+        common.configure_logging(Path(config.output_dir))
+    result = run(config)
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The suite writer: held-out items only, stable ids and hashes, atomic and idempotent writes,
+user task folders, and a metric that scores the final integer 0/1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evals.tasks import (
+    METRIC_MODULE,
+    SuiteTask,
+    read_suite,
+    user_suite,
+    write_suite,
+)
+from stages.world.split import is_heldout
+from stages.world.tasks import families
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_writes_heldout_items_with_ids(tmp_path: Path) -> None:
+    spec = write_suite(tmp_path / "suite", ["add", "sub", "mul"], max_items_per_task=20, seed=3)
+    assert spec.task_names == ("tutord_arith_add", "tutord_arith_sub", "tutord_arith_mul")
+    assert spec.include_paths == (tmp_path / "suite",)
+    root = tmp_path / "suite"
+    assert (root / f"{METRIC_MODULE}.py").is_file()
+    assert read_suite(root) == spec
+    for task in spec.tasks:
+        rows = read_jsonl(root / f"{task.name}.jsonl")
+        assert len(rows) == task.n_items == 20
+        assert all(is_heldout(r["prompt"]) for r in rows)  # never a training prompt
+        assert len({r["id"] for r in rows}) == 20
+        family = families()[task.family]
+        for r in rows:
+            assert r["reference"] == family.answer(r["a"], r["b"])
+        text = (root / f"{task.name}.yaml").read_text(encoding="utf-8")
+        assert "output_type: generate_until" in text
+        assert '"<|end|>"' in text and "do_sample: false" in text
+        assert json.dumps(str(root / f"{task.name}.jsonl")) in text
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
+
+
+def test_all_heldout_items_without_a_cap(tmp_path: Path) -> None:
+    spec = write_suite(tmp_path / "s", ["mul"], max_items_per_task=None)
+    expected = len(families()["mul"].all_problems("heldout"))
+    assert spec.tasks[0].n_items == expected
+    assert len(read_jsonl(tmp_path / "s" / "tutord_arith_mul.jsonl")) == expected
+
+
+def test_hash_is_content_not_location(tmp_path: Path) -> None:
+    a = write_suite(tmp_path / "a", ["add", "sub"], 10, seed=0)
+    b = write_suite(tmp_path / "b", ["add", "sub"], 10, seed=0)
+    assert a.hash == b.hash
+    assert write_suite(tmp_path / "c", ["add", "sub"], 10, seed=1).hash != a.hash
+    assert write_suite(tmp_path / "d", ["add", "sub"], 11, seed=0).hash != a.hash
+    assert write_suite(tmp_path / "e", ["add"], 10, seed=0).hash != a.hash
+    assert write_suite(tmp_path / "f", ["add", "sub"], 10, seed=0, max_gen_toks=8).hash != a.hash
+
+
+def test_rewrite_is_idempotent_and_replaces_changes(tmp_path: Path) -> None:
+    root = tmp_path / "suite"
+    first = write_suite(root, ["add"], 5)
+    mtime = (root / "tutord_arith_add.yaml").stat().st_mtime_ns
+    assert write_suite(root, ["add"], 5) == first
+    assert (root / "tutord_arith_add.yaml").stat().st_mtime_ns == mtime  # left as it was
+    changed = write_suite(root, ["add", "mul"], 5)
+    assert changed.hash != first.hash
+    assert (root / "tutord_arith_mul.yaml").is_file()
+    assert read_suite(root) == changed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["suite"]
+
+
+def test_user_tasks_join_the_suite(tmp_path: Path, user_tasks_dir: Path) -> None:
+    user = user_tasks_dir
+    spec = write_suite(
+        tmp_path / "suite", ["add"], 5, include_paths=[user], user_tasks=["user_echo"]
+    )
+    assert spec.task_names == ("tutord_arith_add", "user_echo")
+    assert spec.include_paths == (tmp_path / "suite", user)
+    assert spec.task("user_echo") == SuiteTask(name="user_echo")
+    before = spec.hash
+    (user / "echo.jsonl").write_text('{"question": "Say 9.", "answer": "9"}\n', encoding="utf-8")
+    after = write_suite(
+        tmp_path / "suite", ["add"], 5, include_paths=[user], user_tasks=["user_echo"]
+    )
+    assert after.hash != before  # the user's data is part of the hash
+    only_user = user_suite([user], ["user_echo"])
+    assert only_user.root is None and only_user.task_names == ("user_echo",)
+    with pytest.raises(ValueError, match="no_such_task"):
+        write_suite(tmp_path / "x", ["add"], 5, include_paths=[user], user_tasks=["no_such_task"])
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="div"):
+        write_suite(tmp_path / "s", ["div"], 5)
+    with pytest.raises(ValueError):
+        write_suite(tmp_path / "s", [], 5)
+    with pytest.raises(ValueError):
+        write_suite(tmp_path / "s", ["add"], 0)
+    assert not (tmp_path / "s").exists()
+
+
+def test_metric_scores_the_final_integer(tmp_path: Path) -> None:
+    import importlib.util
+
+    write_suite(tmp_path / "s", ["add"], 3)
+    path = tmp_path / "s" / f"{METRIC_MODULE}.py"
+    module_spec = importlib.util.spec_from_file_location("metric_under_test", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    doc = {"reference": "7"}
+    assert module.process_results(doc, ["7"]) == {"exact_match": 1.0}
+    assert module.process_results(doc, ["3+4=7"]) == {"exact_match": 1.0}
+    assert module.process_results(doc, ["The answer is 7."]) == {"exact_match": 1.0}
+    assert module.process_results(doc, ["7 apples, or 8"]) == {"exact_match": 0.0}
+    assert module.process_results(doc, ["seven"]) == {"exact_match": 0.0}
+    assert module.process_results(doc, [""]) == {"exact_match": 0.0}
+
+
+def test_lm_eval_loads_the_tasks(tmp_path: Path, user_tasks_dir: Path) -> None:
+    from lm_eval.tasks import TaskManager
+
+    user = user_tasks_dir
+    spec = write_suite(
+        tmp_path / "s", ["add", "sub"], 4, include_paths=[user], user_tasks=["user_echo"]
+    )
+    manager = TaskManager(include_path=[str(p) for p in spec.include_paths], include_defaults=False)
+    loaded = manager.load(list(spec.task_names))["tasks"]
+    assert set(loaded) == set(spec.task_names)
+    add = loaded["tutord_arith_add"]
+    docs = list(add.test_docs())
+    assert len(docs) == 4
+    assert add.config.generation_kwargs["until"] == ["<|end|>"]
+    assert add.config.generation_kwargs["max_gen_toks"] == 16
+    assert add.doc_to_text(docs[0]) == docs[0]["prompt"]
+    assert add.doc_to_target(docs[0]) == docs[0]["reference"]
