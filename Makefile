@@ -26,9 +26,8 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed
-	rm -rf $(DEMO_HOME)
-	$(BIN)/tutord --home $(DEMO_HOME) init
-	$(BIN)/tutord --home $(DEMO_HOME) ingest examples/interactions.jsonl examples/openai-log.jsonl.gz --source examples
+	rm -rf $(DEMO_HOME) $(DEMO_HOME)-no-replay
+	OMP_NUM_THREADS=1 $(BIN)/tutord --home $(DEMO_HOME) demo
 	$(BIN)/tutord --home $(DEMO_HOME) status
 
 test: $(VENV)/.installed-test

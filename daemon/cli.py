@@ -31,7 +31,7 @@ from sqlalchemy import select
 
 from daemon import adapters, migrate
 from daemon.cli_adapters import adapters_app, rollback
-from daemon.cli_cycle import cycle, report
+from daemon.cli_cycle import cycle, demo, report
 from daemon.cli_synth import synth
 from daemon.cli_world import world_app
 from daemon.cliutil import EXIT_REJECTED, Context, err, fail, guard, out, ready
@@ -268,6 +268,7 @@ app.add_typer(world_app, name="world")
 app.command()(synth)
 app.command()(cycle)
 app.command()(report)
+app.command()(demo)
 app.command()(rollback)
 
 

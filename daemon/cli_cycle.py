@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from daemon.cliutil import EXIT_REFUSED, err, fail, guard, out, ready
+from daemon.cliutil import EXIT_REFUSED, Context, err, fail, guard, out, ready
 from daemon.cycle import dry_run, run_cycle
 from daemon.lease import LeaseHeld
 from daemon.report import write_drift_report
@@ -73,3 +73,17 @@ def report(
     summary = json.loads(data.read_text()).get("summary")
     if summary:
         out.print(summary)
+
+
+def demo(
+    ctx: typer.Context,
+    ablation: Annotated[
+        bool, typer.Option(help="Also run the no-replay ablation (a second home beside).")
+    ] = True,
+) -> None:
+    """Run the whole pipeline on the embedded world in a fresh home: bootstrap, cycles through
+    SFT, DPO and RL as task families arrive, gate, report, and a no-replay ablation."""
+    from daemon.demo import run_demo
+
+    c: Context = ctx.obj
+    guard(lambda: run_demo(c.home.root, ablation=ablation, say=out.print))

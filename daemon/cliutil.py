@@ -67,7 +67,7 @@ def guard(fn: Callable[[], Any]) -> Any:
         fail(str(exc))
     except OperationalError as exc:
         fail(f"cannot use the database: {exc.orig}")
-    except (RegistryError, AdapterStateError) as exc:
+    except (RegistryError, AdapterStateError, FileExistsError) as exc:
         fail(str(exc), EXIT_REFUSED)
 
 
