@@ -269,7 +269,7 @@ def synthesize(
         )
     health = judge_health(candidates, config)
     if not health.ok:
-        log.warning("synthesis: %s", health.message)
+        log.info("synthesis: %s", health.message)  # callers show it (tutord synth, cycle)
 
     sft: list[SFTExample] = []
     pairs: list[Pair] = []
