@@ -57,7 +57,7 @@ CHECKPOINTS = "checkpoints"
 ADAPTER_DIR = "adapter"
 LOG_FILE = "logs.jsonl"
 STAGE_LOG = "stage.log"
-CONFIG_COPY = "config.json"
+CONFIG_COPY = "stage_config.json"  # not config.json: callers may keep theirs there
 TIME_BUDGET = "time budget"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -549,10 +549,12 @@ def begin(config: Any, stage: str) -> float:
     output_dir = Path(config.output_dir)
     if rank() == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / CONFIG_COPY).write_text(
+        tmp = output_dir / f".{CONFIG_COPY}.tmp"
+        tmp.write_text(
             json.dumps({"stage": stage, **config_to_dict(config)}, indent=2) + "\n",
             encoding="utf-8",
         )
+        os.replace(tmp, output_dir / CONFIG_COPY)
     if config.adapters_dir is not None and config.version is None:
         raise ConfigError("adapters_dir is set but version is not")
     if config.max_steps < 1:

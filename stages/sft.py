@@ -44,7 +44,8 @@ class SFTStageConfig:
     train_file: str = ""
     """JSONL file of `{"messages": [...], "task": ...}` rows."""
     output_dir: str = ""
-    """The run's work folder: checkpoints/, logs.jsonl, stage.log, config.json, result.json."""
+    """The run's work folder: checkpoints/, logs.jsonl, stage.log, stage_config.json (the
+    config as run), launch.log (under the launcher), result.json."""
     adapters_dir: str | None = None
     """The adapter registry to publish into; None keeps the adapter in `output_dir/adapter`."""
     version: int | None = None
