@@ -52,7 +52,7 @@ DEMO_CONFIG = {
     "judge": {"max_new_tokens": 8},
     "gate": {"max_items": 100},
     "train": {
-        "sft": {"max_steps": 600, "learning_rate": 0.003},
+        "sft": {"max_steps": 300, "learning_rate": 0.003},
         "dpo": {"max_steps": 40, "learning_rate": 0.0005, "beta": 0.1},
         "rl": {
             "max_steps": 40,
