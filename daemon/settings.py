@@ -201,7 +201,8 @@ class GateSettings(BaseModel):
         False, description="Promote only with a significant gain on the target tasks."
     )
     target_tasks: list[str] = Field(
-        default_factory=list, description="Tasks the cycle means to improve (empty: all)."
+        default_factory=list,
+        description="Tasks a gain is required on (empty: any task gaining suffices).",
     )
     max_items: int | None = Field(200, ge=1, description="Held-out items per task.")
     backend: Literal["hf", "vllm"] = "hf"

@@ -458,6 +458,9 @@ def _plot_lines(
 
 
 def _mark_events(ax: Any, versions: list[str], events: Sequence[Mapping[str, Any]]) -> None:
+    """A vertical line per event at its version; one label per version naming its events in
+    order ("promotion + rollback")."""
+    labels: dict[int, list[tuple[str, str]]] = {}
     for event in events:
         version = str(event.get("version"))
         if version not in versions:
@@ -466,17 +469,19 @@ def _mark_events(ax: Any, versions: list[str], events: Sequence[Mapping[str, Any
         color, style = _EVENT_STYLE.get(kind, ("#1f77b4", "-."))
         x = versions.index(version)
         ax.axvline(x, color=color, linestyle=style, linewidth=1.2, alpha=0.8)
+        labels.setdefault(x, []).append((kind, color))
+    for x, kinds in labels.items():
         ax.text(
             x,
             0.97,
-            f"{kind} ",
+            " + ".join(kind for kind, _ in kinds) + " ",
             transform=ax.get_xaxis_transform(),  # x in data, y in axes fraction
             rotation=90,
             rotation_mode="anchor",
             ha="right",
             va="bottom",
             fontsize=7,
-            color=color,
+            color=kinds[-1][1],
         )
 
 

@@ -459,6 +459,20 @@ def _make_lm(backend: Backend, args: dict[str, Any]) -> Any:
     return lm
 
 
+def _close_lm(lm: Any) -> None:
+    """Release lm-eval's model: shut a vLLM engine's worker processes down (left to the
+    garbage collector they can outlive the process that started them) and free GPU memory."""
+    llm = getattr(lm, "model", None)
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    shutdown = getattr(core, "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+    if _on_gpu():
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -562,19 +576,23 @@ def evaluate(
     args = model_args(base, adapter, backend, settings)
     log.info("lm-eval %s model_args=%s tasks=%s", backend, args, list(suite.task_names))
     lm = _make_lm(backend, args)
-    results = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(suite.task_names),
-        task_manager=manager,
-        log_samples=True,
-        apply_chat_template=settings.apply_chat_template,
-        system_instruction=settings.system_instruction,
-        random_seed=settings.seed,
-        numpy_random_seed=settings.seed,
-        torch_random_seed=settings.seed,
-        fewshot_random_seed=settings.seed,
-        bootstrap_iters=1000,  # only for metrics without a closed-form stderr
-    )
+    try:
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(suite.task_names),
+            task_manager=manager,
+            log_samples=True,
+            apply_chat_template=settings.apply_chat_template,
+            system_instruction=settings.system_instruction,
+            random_seed=settings.seed,
+            numpy_random_seed=settings.seed,
+            torch_random_seed=settings.seed,
+            fewshot_random_seed=settings.seed,
+            bootstrap_iters=1000,  # only for metrics without a closed-form stderr
+        )
+    finally:
+        _close_lm(lm)
+        del lm
     if results is None:  # not rank 0 of a distributed run
         raise RuntimeError("lm-eval returned no results (not the main process?)")
     seconds = (datetime.now(UTC) - started).total_seconds()
@@ -591,7 +609,6 @@ def evaluate(
         created_at=started.isoformat(),
         seconds=seconds,
     )
-    del lm
     log.info(
         "eval of %s on suite %s in %.1fs: %s",
         run.adapter_name or "base",
