@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from daemon.curriculum import CurriculumState, Stage
 from replay.buffer import sample
 from replay.db import session_scope
 from replay.models import Judgment, PreferencePair, Sample, SFTExample, SynthRun
+from stages.atomic import write_atomic
 
 Kind = Literal["sft", "pair", "prompt"]
 STAGE_KIND: dict[str, Kind] = {"sft": "sft", "dpo": "pair", "rl": "prompt"}
@@ -207,15 +207,6 @@ def replay_count(fresh: int, ratio: float) -> int:
     return round(fresh * ratio / (1 - ratio))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def assemble(
     engine: Engine,
     stage: Stage,
@@ -239,7 +230,7 @@ def assemble(
     out_dir.mkdir(parents=True, exist_ok=True)
     data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row, _, _, _ in entries)
     path = out_dir / "train.jsonl"
-    _write_atomic(path, data)
+    write_atomic(path, data)
     manifest = {
         "stage": stage,
         "kind": kind,
@@ -257,7 +248,7 @@ def assemble(
         ],
     }
     manifest_path = out_dir / "manifest.json"
-    _write_atomic(manifest_path, json.dumps(manifest, indent=1))
+    write_atomic(manifest_path, json.dumps(manifest, indent=1))
     return AssembledDataset(
         stage,
         path,

@@ -32,8 +32,6 @@ import io
 import json
 import logging
 import math
-import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +39,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
+from stages.atomic import write_atomic
 from stages.generate.api import AdapterRef, Chat, SamplingParams
 
 if TYPE_CHECKING:
@@ -642,19 +641,6 @@ def _html(
     )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _jsonable(value: Any) -> Any:
     """NaN and infinities become null: the report is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -693,9 +679,9 @@ def write_report(
     }
     json_path, html_path = out_dir / "report.json", out_dir / "report.html"
     text = json.dumps(_jsonable(report), indent=2, allow_nan=False, default=str)
-    _write_atomic(json_path, text.encode("utf-8"))
+    write_atomic(json_path, text.encode("utf-8"))
     figures = _figures(snapshots, series, merged) if snapshots else []
     page = _html(summary, snapshots, series, merged, figures, generated_at)
-    _write_atomic(html_path, page.encode("utf-8"))
+    write_atomic(html_path, page.encode("utf-8"))
     log.info("drift report for %d versions: %s", len(snapshots), summary)
     return json_path, html_path

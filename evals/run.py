@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from evals.tasks import SuiteSpec, SuiteTask
+from stages.atomic import sha256_file, write_atomic
 from stages.generate.api import AdapterRef
 
 log = logging.getLogger(__name__)
@@ -126,14 +126,6 @@ def settings_hash(settings: EvalSettings, backend: Backend) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def adapter_hash(adapter: AdapterRef | None) -> str:
     """The content hash of an adapter: sha256 of the canonical JSON {relative path: sha256 of
     the file} of its files: read from its registry manifest when it has one
@@ -151,7 +143,7 @@ def adapter_hash(adapter: AdapterRef | None) -> str:
     if not (path / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no PEFT adapter (adapter_config.json) in {path}")
     hashes = {
-        p.relative_to(path).as_posix(): _sha256_file(p)
+        p.relative_to(path).as_posix(): sha256_file(p)
         for p in sorted(path.rglob("*"))
         if p.is_file() and p.name != "manifest.json"
     }
@@ -331,19 +323,9 @@ class EvalCache:
     def put(self, key: str, run: EvalRun) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
         data = run.to_dict()
         data["from_cache"] = False
-        try:
-            with tmp.open("w", encoding="utf-8") as fh:
-                json.dump(data, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
+        return write_atomic(path, json.dumps(data))
 
 
 def _adapter_rank(adapter: AdapterRef) -> int:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stages.atomic import fsync_dir
 from stages.world import verify as world_verify
 from stages.world.config import WorldConfig
 from stages.world.tasks import Problem
@@ -321,14 +322,6 @@ def suite_hash(
     return _sha256(canonical.encode("utf-8"))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, data: bytes) -> None:
     with path.open("wb") as fh:
         fh.write(data)
@@ -425,13 +418,13 @@ def write_suite(
             text = t.yaml_template.replace(_DATA_PLACEHOLDER, json.dumps(str(out_dir / data_name)))
             _write_file(tmp / f"{t.name}.yaml", text.encode("utf-8"))
         _write_file(tmp / SUITE_FILE, json.dumps(spec.to_dict(), indent=2).encode("utf-8"))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         trash = None
         if out_dir.exists():
             trash = out_dir.parent / f".trash-{out_dir.name}-{uuid.uuid4().hex[:8]}"
             os.rename(out_dir, trash)
         os.rename(tmp, out_dir)
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
     except BaseException:

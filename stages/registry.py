@@ -24,6 +24,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stages.atomic import fsync_dir, sha256_file
+
 MANIFEST = "manifest.json"
 FORMAT = 1
 _NAME = re.compile(r"^v([1-9][0-9]{0,8})$")
@@ -79,14 +81,6 @@ def parse_version(name: str) -> int:
     return int(match.group(1))
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def base_identity(base: str | Path) -> BaseIdentity:
     """Identity of a base model: its path or hub id plus the sha256 of its canonical config.
 
@@ -106,14 +100,6 @@ def base_identity(base: str | Path) -> BaseIdentity:
     config.pop("transformers_version", None)
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
     return BaseIdentity(id=ident, config_sha256=hashlib.sha256(canonical.encode()).hexdigest())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_source(source: Path) -> list[Path]:
@@ -182,9 +168,9 @@ def publish(
             fh.write(manifest.model_dump_json(indent=2))
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, target)  # fails if target appeared meanwhile: never overwrites
-        _fsync_dir(registry)
+        fsync_dir(registry)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
