@@ -1,25 +1,20 @@
 """tutord's command line (`tutord ...`), built with typer.
 
-Commands: `init`, `ingest`, `status`, `db upgrade`, `db current`. Each command
-resolves the home folder, loads settings, and calls into `replay/` (and, later, the
-other packages); this module only parses arguments and renders results.
+Commands here: `init`, `ingest`, `status`, `db upgrade`, `db current`; the others are
+registered from `cli_world`, `cli_synth`, `cli_cycle` and `cli_adapters`. Each command
+resolves the home folder, loads settings and calls into the packages that do the work;
+these modules only parse arguments and render results.
 
-Exit codes: 0 success; 2 unusable arguments or setup (missing file, bad home, bad
-configuration, database behind its migrations); 3 some input lines were rejected.
+Exit codes: 0 success; 1 a refused operation; 2 unusable arguments or setup (missing
+file, bad home, bad configuration, database behind its migrations); 3 some input lines
+were rejected.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Progress bars of libraries (lm-eval, datasets) read this when they are imported, which
-# happens below; `-v` keeps them.
-if not {"-v", "--verbose"} & set(sys.argv):
-    os.environ.setdefault("TQDM_DISABLE", "1")
-
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
