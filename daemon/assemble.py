@@ -15,6 +15,7 @@ import hashlib
 import json
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -186,11 +187,14 @@ def format_competence(engine: Engine) -> float | None:
         return None if mean is None else float(mean)
 
 
-def curriculum_state(engine: Engine, marks: Watermarks, sft_runs: int) -> CurriculumState:
+def curriculum_state(
+    engine: Engine, marks_for: Callable[[Stage], Watermarks], sft_runs: int
+) -> CurriculumState:
+    """The curriculum's inputs now; each stage's fresh rows count above `marks_for(stage)`."""
     return CurriculumState(
-        fresh_sft=len(fresh_sft(engine, marks.sft_example_id)),
-        fresh_pairs=len(fresh_pairs(engine, marks.pair_id)),
-        rl_prompts=len(fresh_rl_prompts(engine, marks.synth_run_id)),
+        fresh_sft=len(fresh_rows(engine, "sft", marks_for("sft"))),
+        fresh_pairs=len(fresh_rows(engine, "dpo", marks_for("dpo"))),
+        rl_prompts=len(fresh_rows(engine, "rl", marks_for("rl"))),
         sft_runs=sft_runs,
         format_competence=format_competence(engine),
     )

@@ -27,13 +27,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from daemon import adapters, lease
-from daemon.assemble import (
-    Watermarks,
-    assemble,
-    curriculum_state,
-    fresh_rows,
-    newest,
-)
+from daemon.assemble import Watermarks, assemble, curriculum_state, fresh_rows, newest
 from daemon.curriculum import Decision, decide
 from daemon.gatekeeper import evaluate_and_gate
 from daemon.home import Home
@@ -176,14 +170,9 @@ def _decide_stage(ctx: _Ctx, cycle: Cycle) -> Decision:
             cycle.requested_stage,
             f"{cycle.requested_stage.upper()} was asked for ({n} fresh rows).",
         )  # type: ignore[arg-type]
-    # Freshness differs per stage: ask with each stage's own watermarks.
-    state = curriculum_state(ctx.engine, Watermarks(), _sft_runs(ctx.engine))
-    state = type(state)(
-        fresh_sft=len(fresh_rows(ctx.engine, "sft", _last_marks(ctx.engine, "sft"))),
-        fresh_pairs=len(fresh_rows(ctx.engine, "dpo", _last_marks(ctx.engine, "dpo"))),
-        rl_prompts=len(fresh_rows(ctx.engine, "rl", _last_marks(ctx.engine, "rl"))),
-        sft_runs=state.sft_runs,
-        format_competence=state.format_competence,
+    # Freshness differs per stage: each counts above its own last cycle's watermarks.
+    state = curriculum_state(
+        ctx.engine, lambda stage: _last_marks(ctx.engine, stage), _sft_runs(ctx.engine)
     )
     return decide(state, ctx.settings.curriculum)
 

@@ -111,6 +111,6 @@ def test_fresh_rows_from_the_database_respect_watermarks(db_engine: Engine) -> N
         "task": "add",
     }
     assert fresh_rl_prompts(db_engine, 1) == []
-    state = curriculum_state(db_engine, Watermarks(), sft_runs=0)
+    state = curriculum_state(db_engine, lambda stage: Watermarks(), sft_runs=0)
     assert (state.fresh_sft, state.fresh_pairs, state.rl_prompts) == (3, 1, 1)
     assert state.format_competence == 0.75
