@@ -13,14 +13,13 @@ import pytest
 
 from stages import launch, registry
 from stages.launch import LaunchConfig, LaunchError, LaunchTimeout, build_command, run_stage
-from stages.sft import SFTStageConfig
 from stages.stage_io import write_config
 from tests.stages.test_stage_support import (
-    TARGETS,
     check_published,
     check_result_file,
     folder_digest,
     make_base,
+    sft_config,
     sft_rows,
     write_jsonl,
 )
@@ -38,22 +37,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def sft_config_file(world: dict[str, Path], out: Path, **kw: object) -> Path:
-    values: dict[str, object] = {
-        "base_model": str(world["base"]),
-        "train_file": str(world["train"]),
-        "output_dir": str(out / "run"),
-        "adapters_dir": str(out / "adapters"),
-        "version": 1,
-        "max_steps": 4,
-        "per_device_batch_size": 4,
-        "learning_rate": 1e-2,
-        "save_steps": 2,
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "target_modules": TARGETS,
-    }
-    values.update(kw)
-    return write_config(SFTStageConfig(**values), out / "sft.json")  # type: ignore[arg-type]
+    return write_config(sft_config(world, out, **kw), out / "sft.json")
 
 
 def test_command_lines() -> None:

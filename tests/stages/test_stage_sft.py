@@ -21,7 +21,6 @@ from stages import registry, sft
 from stages.common import latest_checkpoint
 from stages.stage_io import ConfigError, load_config, read_result, write_config
 from tests.stages.test_stage_support import (
-    TARGETS,
     adapter_weights,
     base_params_unchanged,
     check_published,
@@ -29,6 +28,7 @@ from tests.stages.test_stage_support import (
     folder_digest,
     make_base,
     make_parent,
+    sft_config,
     sft_rows,
     write_jsonl,
 )
@@ -48,22 +48,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def config(world: dict[str, Path], out: Path, **kw: object) -> sft.SFTStageConfig:
-    values: dict[str, object] = {
-        "base_model": str(world["base"]),
-        "train_file": str(world["train"]),
-        "output_dir": str(out / "run"),
-        "adapters_dir": str(out / "adapters"),
-        "version": 1,
-        "max_steps": 4,
-        "per_device_batch_size": 4,
-        "learning_rate": 1e-2,
-        "save_steps": 2,
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "target_modules": TARGETS,
-    }
-    values.update(kw)
-    return sft.SFTStageConfig(**values)  # type: ignore[arg-type]
+    return sft_config(world, out, **kw)
 
 
 def test_fresh_lora_is_trained_on_assistant_turns_and_published(

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from stages import registry
+from stages.sft import SFTStageConfig
 from stages.stage_io import StageResult
 from stages.world.model import build_model
 from stages.world.tasks import families
@@ -172,3 +173,23 @@ def alternating(prompts: list[Any], completions: list[Any], **columns: Any) -> l
 def constant(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
     """A test reward of 0.5 everywhere: no group has any variance."""
     return [0.5] * len(completions)
+
+
+def sft_config(world: dict[str, Path], out: Path, **kw: object) -> SFTStageConfig:
+    """A small, fast SFT config on a test world (`base`, `train`); `kw` overrides fields."""
+    values: dict[str, object] = {
+        "base_model": str(world["base"]),
+        "train_file": str(world["train"]),
+        "output_dir": str(out / "run"),
+        "adapters_dir": str(out / "adapters"),
+        "version": 1,
+        "max_steps": 4,
+        "per_device_batch_size": 4,
+        "learning_rate": 1e-2,
+        "save_steps": 2,
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "target_modules": TARGETS,
+    }
+    values.update(kw)
+    return SFTStageConfig(**values)  # type: ignore[arg-type]
