@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 
 from stages.generate.api import AdapterRef
 from stages.world.model import build_model
 from stages.world.tokenizer import END, SPECIAL_TOKENS, build_tokenizer
+from tests.lora_support import random_lora_adapter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -56,18 +56,7 @@ def save_world_model(path: Path, seed: int = 0) -> Path:
 
 def save_adapter(model_dir: Path, out: Path, seed: int, rank: int = 4) -> Path:
     """A LoRA adapter with random non-zero A and B (a fresh one has B = 0: no effect)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, lora_dropout=0)
-    peft_model = get_peft_model(model, config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_A" in name or "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    peft_model.save_pretrained(out)
-    return out
+    return random_lora_adapter(model_dir, out, seed, rank, LORA_TARGETS)
 
 
 @pytest.fixture(scope="session")

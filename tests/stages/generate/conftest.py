@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedTokenizerBase
 
 from stages.generate.api import AdapterRef
 from stages.world.model import build_model
 from stages.world.tokenizer import END, SPECIAL_TOKENS, build_tokenizer
+from tests.lora_support import random_lora_adapter
 
 LORA_RANK = 8
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -134,20 +134,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
     """A LoRA adapter for the model in `model_dir` with random non-zero A and B, saved to `out`."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(
-        r=LORA_RANK, lora_alpha=2 * LORA_RANK, target_modules=LORA_TARGETS, lora_dropout=0.0
-    )
-    peft_model = get_peft_model(model, config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_A" in name or "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    peft_model.save_pretrained(out)
-    return out
+    return random_lora_adapter(model_dir, out, seed, LORA_RANK, LORA_TARGETS)
 
 
 @pytest.fixture(scope="session")
