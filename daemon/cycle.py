@@ -95,13 +95,6 @@ class _Ctx:
         return self.home.cycles / f"{cycle.id:05d}"
 
 
-def _load(engine: Engine, cycle_id: int) -> Cycle:
-    with session_scope(engine) as s:
-        cycle = s.get(Cycle, cycle_id)
-        assert cycle is not None
-        return cycle
-
-
 def _update(engine: Engine, cycle_id: int, **values: Any) -> Cycle:
     with session_scope(engine) as s:
         cycle = s.get(Cycle, cycle_id)
@@ -268,7 +261,7 @@ def _train(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
         cycle = _update(ctx.engine, cycle.id, candidate_version=version)  # reserved first
     path = registry.adapter_path(ctx.home.adapters, version)
     result_file = ctx.folder(cycle) / "train" / "result.json"
-    if registry.list_versions(ctx.home.adapters).count(version) and result_file.is_file():
+    if version in registry.list_versions(ctx.home.adapters) and result_file.is_file():
         registry.verify(path)
         result = json.loads(result_file.read_text())
         ctx.say(f"  {registry.version_name(version)} was already trained; not repeated")
@@ -284,9 +277,7 @@ def _train(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
         )
         ctx.say(f"  training {cycle.stage} -> {registry.version_name(version)} ...")
         stage_result = run_stage(cycle.stage, config, launch)  # type: ignore[arg-type]
-        result = (
-            stage_result.to_dict() if hasattr(stage_result, "to_dict") else asdict(stage_result)
-        )
+        result = stage_result.to_dict()
         if result.get("status") != "completed":
             return {
                 "state": "failed",
