@@ -21,10 +21,10 @@ from judges.synth import FeedbackItem, feedback_data
 from stages.generate.api import AdapterRef, SamplingParams
 from stages.generate.hf import TransformersBackend
 from stages.launch import LaunchConfig, run_stage
-from stages.world.logs import generate_logs
-from stages.world.pretrain import bootstrap
-from stages.world.tasks import families
-from stages.world.verify import verify_integer
+from world.logs import generate_logs
+from world.pretrain import bootstrap
+from world.tasks import families
+from world.verify import verify_integer
 
 
 def accuracy(base: Path, adapter: Path | None) -> dict[str, float]:

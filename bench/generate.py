@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from stages.generate import SamplingParams, make_backend
-from stages.world.model import ModelShape, build_model, parameter_count
-from stages.world.tokenizer import build_tokenizer
+from world.model import ModelShape, build_model, parameter_count
+from world.tokenizer import build_tokenizer
 
 SHAPES: dict[str, ModelShape] = {
     "tiny": ModelShape(),

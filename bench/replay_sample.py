@@ -1,4 +1,4 @@
-"""Benchmark of `replay.buffer.sample`: its time should grow with k, not with the table.
+"""Benchmark of `replay.sampling.sample`: its time should grow with k, not with the table.
 
 Fills a migrated SQLite database with synthetic SFT items over ten tasks of very
 different sizes (from about half the rows down to a fraction of a percent), in chunks
@@ -23,8 +23,9 @@ from typing import Any
 from sqlalchemy import Engine, event
 
 from daemon.migrate import upgrade
-from replay.buffer import POLICIES, NewReplayItem, add_items, counts, sample
+from replay.buffer import NewReplayItem, add_items, counts
 from replay.db import make_engine
+from replay.sampling import POLICIES, sample
 
 TASK_WEIGHTS = [512, 256, 128, 64, 32, 16, 8, 4, 2, 1]  # ten tasks, sizes 2:1 apart
 KS = (100, 1_000, 10_000)

@@ -34,16 +34,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 
 from stages import dpo, registry, rl, sft
-from stages.world.model import ModelShape, build_model, parameter_count
-from stages.world.tasks import families
-from stages.world.tokenizer import build_tokenizer
+from world.model import ModelShape, build_model, parameter_count
+from world.tasks import families
+from world.tokenizer import build_tokenizer
 
 SHAPES: dict[str, ModelShape] = {
     "tiny": ModelShape(),
     "26m": ModelShape(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1536),
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-REWARD = "stages.world.verify:verify_integer"
+REWARD = "world.verify:verify_integer"
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def run_bare(
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-    from stages.world.verify import verify_integer  # the workload's reward, not stage code
+    from world.verify import verify_integer  # the workload's reward, not stage code
 
     torch.set_num_threads(1)
     rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]

@@ -6,7 +6,7 @@ replay sample of earlier training rows of the same kind is added at the configur
 ratio, stratified by task so that old tasks stay represented. The dataset is written to
 the cycle folder as JSONL with a manifest saying where every row came from; both files
 are written to a temporary name and renamed, so a half-written dataset is never used.
-It measures the curriculum's inputs too (`curriculum_state`).
+The curriculum's inputs are measured in `daemon/stage_choice.py`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Engine, func, select
 
-from daemon.curriculum import CurriculumState, Stage
-from replay.buffer import sample
+from daemon.curriculum import Stage
+from judges.tasks import prompt_key
 from replay.db import session_scope
 from replay.models import Judgment, PreferencePair, Sample, SFTExample, SynthRun
+from replay.sampling import sample
 from stages.atomic import write_atomic
 
 Kind = Literal["sft", "pair", "prompt"]
@@ -61,6 +62,8 @@ class AssembledDataset:
     ratio_target: float
     by_task: dict[str, dict[str, int]]
     newest: Watermarks
+    heldout_excluded: int = 0
+    """Rows left out because their prompt is a task's held-out item."""
 
     @property
     def rows(self) -> int:
@@ -172,34 +175,6 @@ def newest(engine: Engine) -> Watermarks:
         )
 
 
-def format_competence(engine: Engine) -> float | None:
-    """Mean verifier score of the latest synthesis run's verifiable candidates (None: none)."""
-    with session_scope(engine) as s:
-        latest = s.execute(select(func.max(SynthRun.id))).scalar_one()
-        if latest is None:
-            return None
-        mean = s.execute(
-            select(func.avg(Judgment.score))
-            .join(Sample, Judgment.sample_id == Sample.id)
-            .where(Sample.synth_run_id == latest, Judgment.scorer == "verifier")
-            .where(Judgment.score.is_not(None))
-        ).scalar_one()
-        return None if mean is None else float(mean)
-
-
-def curriculum_state(
-    engine: Engine, marks_for: Callable[[Stage], Watermarks], sft_runs: int
-) -> CurriculumState:
-    """The curriculum's inputs now; each stage's fresh rows count above `marks_for(stage)`."""
-    return CurriculumState(
-        fresh_sft=len(fresh_rows(engine, "sft", marks_for("sft"))),
-        fresh_pairs=len(fresh_rows(engine, "dpo", marks_for("dpo"))),
-        rl_prompts=len(fresh_rows(engine, "rl", marks_for("rl"))),
-        sft_runs=sft_runs,
-        format_competence=format_competence(engine),
-    )
-
-
 def replay_count(fresh: int, ratio: float) -> int:
     """Replay rows so that they make `ratio` of the dataset: fresh * ratio / (1 - ratio).
 
@@ -211,6 +186,23 @@ def replay_count(fresh: int, ratio: float) -> int:
     return round(fresh * ratio / (1 - ratio))
 
 
+def row_prompt(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The prompt of a training row of any kind (sft: the messages before the answer)."""
+    if "messages" in row:
+        return list(row["messages"][:-1])
+    return list(row.get("prompt") or [])
+
+
+R = TypeVar("R")
+
+
+def _without_heldout(
+    rows: list[R], heldout: frozenset[str], payload: Callable[[R], dict[str, Any]]
+) -> tuple[list[R], int]:
+    kept = [r for r in rows if prompt_key(row_prompt(payload(r))) not in heldout]
+    return kept, len(rows) - len(kept)
+
+
 def assemble(
     engine: Engine,
     stage: Stage,
@@ -220,13 +212,25 @@ def assemble(
     ratio: float,
     seed: int,
     marks: Watermarks,
+    heldout: frozenset[str] = frozenset(),
+    grader_of: Callable[[str | None], str | None] | None = None,
 ) -> AssembledDataset:
-    """Mix `fresh` with a stratified replay sample and write `train.jsonl` + `manifest.json`."""
+    """Mix `fresh` with a stratified replay sample and write `train.jsonl` + `manifest.json`.
+
+    Rows whose prompt is a held-out item of some task (`heldout`, by `prompt_key`) are left
+    out, fresh or replayed, and counted; RL rows get the `grader` column their task names
+    (`grader_of(task)`), which the RL stage's reward reads."""
     kind = STAGE_KIND[stage]
+    fresh, dropped = _without_heldout(fresh, heldout, lambda r: r.row)
     k = replay_count(len(fresh), ratio)
     replayed = sample(engine, kind, k, policy="stratified", seed=seed) if k else []
+    replayed, dropped_replay = _without_heldout(replayed, heldout, lambda r: r.payload)
     entries = [(r.row, "fresh", r.ref, r.task) for r in fresh]
     entries += [(r.payload, "replay", f"replay_items:{r.id}", r.task) for r in replayed]
+    if kind == "prompt" and grader_of is not None:
+        entries = [
+            ({**row, "grader": grader_of(row.get("task"))}, o, ref, t) for row, o, ref, t in entries
+        ]
     random.Random(f"assemble:{stage}:{seed}").shuffle(entries)
     by_task: dict[str, dict[str, int]] = {}
     for _, origin, _, task in entries:
@@ -243,6 +247,7 @@ def assemble(
         "replay": len(replayed),
         "ratio_target": ratio,
         "ratio_actual": len(replayed) / len(entries) if entries else 0.0,
+        "heldout_excluded": dropped + dropped_replay,
         "by_task": {t: dict(c) for t, c in sorted(by_task.items())},
         "sha256": hashlib.sha256(data.encode("utf-8")).hexdigest(),
         "watermarks": asdict(marks),
@@ -262,4 +267,5 @@ def assemble(
         ratio,
         {t: dict(c) for t, c in by_task.items()},
         marks,
+        dropped + dropped_replay,
     )

@@ -7,12 +7,13 @@ interrupted earlier attempt already did, so a cycle killed at any point (even SI
 resumes from its last finished step on the next `tutord cycle`, and a half-written
 artifact is never used. Only one cycle runs at a time per database (the `cycle` lease).
 
-The work of each step lives elsewhere (`daemon/synth.py`, `daemon/assemble.py`,
+The work of each step lives elsewhere (`daemon/synth_run.py`, `daemon/assemble.py`,
 `stages.launch`, `evals/`, `daemon/adapters.py`); this module sequences and records.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,15 +21,14 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
 from daemon import adapters, lease
-from daemon.assemble import Watermarks, assemble, curriculum_state, fresh_rows, newest
-from daemon.curriculum import Decision, decide
+from daemon.assemble import assemble, fresh_rows, newest
 from daemon.gatekeeper import evaluate_and_gate
 from daemon.home import Home
 from daemon.memory import remember
@@ -36,12 +36,17 @@ from daemon.models import AdapterVersion, Cycle, GateDecision
 from daemon.policy import base_model, production_adapter
 from daemon.report import record_snapshot
 from daemon.settings import Settings
-from daemon.synth import run_synth
+from daemon.stage_choice import choose_stage, last_marks
+from daemon.synth_run import run_synth
+from daemon.tasks import live_tasks
+from judges.tasks import heldout_keys
 from replay.buffer import NewReplayItem
 from replay.db import session_scope
 from replay.models import ReplayItem, SynthRun, utcnow
 from stages import registry
+from stages.configs import STAGE_CONFIGS, StageConfig
 from stages.launch import LaunchConfig, run_stage
+from stages.stage_io import write_config
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +100,34 @@ class _Ctx:
         return self.home.cycles / f"{cycle.id:05d}"
 
 
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one step writes on its cycle row; fields left None are not changed. `state`
+    None moves the cycle on to the next step."""
+
+    state: str | None = None
+    stage: str | None = None
+    decision_reason: str | None = None
+    synth_run_id: int | None = None
+    watermarks: dict[str, Any] | None = None
+    dataset: dict[str, Any] | None = None
+    train_result: dict[str, Any] | None = None
+    outcome: str | None = None
+    outcome_reason: str | None = None
+    finished_at: datetime | None = None
+
+    def columns(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+_COLUMNS = frozenset(Cycle.__table__.columns.keys())
+
+
 def _update(engine: Engine, cycle_id: int, **values: Any) -> Cycle:
+    """Write `values` on the cycle row; a key that is not one of its columns is an error."""
+    unknown = sorted(set(values) - _COLUMNS)
+    if unknown:
+        raise KeyError(f"cycles has no column {', '.join(unknown)}")
     with session_scope(engine) as s:
         cycle = s.get(Cycle, cycle_id)
         assert cycle is not None
@@ -107,7 +139,7 @@ def _update(engine: Engine, cycle_id: int, **values: Any) -> Cycle:
 # --------------------------------------------------------------------------- steps
 
 
-def _synthesize(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
+def _synthesize(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
     with session_scope(ctx.engine) as s:
         done = s.execute(select(SynthRun.id).where(SynthRun.cycle_id == cycle.id)).scalar()
     if done is None:
@@ -121,69 +153,25 @@ def _synthesize(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
     else:
         ctx.say(f"  synthesis run {done} was already stored; not repeated")
     fault_point("synthesize")
-    return {"synth_run_id": done}
+    return StepOutcome(synth_run_id=done)
 
 
-def _last_marks(engine: Engine, stage: str) -> Watermarks:
-    """Watermarks of the newest finished cycle that trained `stage`: rows above are fresh."""
-    with session_scope(engine) as s:
-        row = s.execute(
-            select(Cycle.watermarks)
-            .where(Cycle.stage == stage, Cycle.state == "done")
-            .order_by(Cycle.id.desc())
-            .limit(1)
-        ).scalar()
-    return Watermarks(**row) if row else Watermarks()
-
-
-def _sft_runs(engine: Engine) -> int:
-    """SFT stages on the production line (production and its ancestors)."""
-    with session_scope(engine) as s:
-        line = adapters.protected_versions(s)
-        if not line:
-            return 0
-        return int(
-            s.execute(
-                select(func.count())
-                .select_from(AdapterVersion)
-                .where(AdapterVersion.version.in_(line), AdapterVersion.stage == "sft")
-            ).scalar_one()
-        )
-
-
-def _decide_stage(ctx: _Ctx, cycle: Cycle) -> Decision:
-    if cycle.requested_stage != "auto":
-        marks = _last_marks(ctx.engine, cycle.requested_stage)
-        n = len(fresh_rows(ctx.engine, cycle.requested_stage, marks))  # type: ignore[arg-type]
-        if n == 0:
-            return Decision(
-                None, f"{cycle.requested_stage.upper()} was asked for but has no fresh data."
-            )
-        return Decision(
-            cycle.requested_stage,
-            f"{cycle.requested_stage.upper()} was asked for ({n} fresh rows).",
-        )  # type: ignore[arg-type]
-    # Freshness differs per stage: each counts above its own last cycle's watermarks.
-    state = curriculum_state(
-        ctx.engine, lambda stage: _last_marks(ctx.engine, stage), _sft_runs(ctx.engine)
-    )
-    return decide(state, ctx.settings.curriculum)
-
-
-def _assemble(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
-    decision = _decide_stage(ctx, cycle)
+def _assemble(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
+    decision = choose_stage(ctx.engine, ctx.settings, cycle.requested_stage)
     ctx.say(f"  curriculum: {decision.reason}")
     log.info("cycle %d curriculum: %s", cycle.id, decision.reason)
     if decision.stage is None:
-        return {
-            "stage": None,
-            "decision_reason": decision.reason,
-            "state": "skipped",
-            "outcome": "skipped",
-            "outcome_reason": decision.reason,
-        }
+        return StepOutcome(
+            state="skipped",
+            decision_reason=decision.reason,
+            outcome="skipped",
+            outcome_reason=decision.reason,
+        )
     marks_now = newest(ctx.engine)
-    rows = fresh_rows(ctx.engine, decision.stage, _last_marks(ctx.engine, decision.stage))
+    tasks = live_tasks(ctx.engine, ctx.home, ctx.settings)
+    fallback = ctx.settings.synth.default_verifier
+    fallback = None if fallback == "none" else fallback
+    rows = fresh_rows(ctx.engine, decision.stage, last_marks(ctx.engine, decision.stage))
     dataset = assemble(
         ctx.engine,
         decision.stage,
@@ -192,24 +180,28 @@ def _assemble(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
         ratio=ctx.settings.replay.ratio,
         seed=cycle.seed,
         marks=marks_now,
+        heldout=heldout_keys(tasks.values()),
+        grader_of=lambda task: tasks[task].grader if task in tasks else fallback,
     )
     ctx.say(
         f"  dataset: {dataset.fresh} fresh + {dataset.replay} replay rows "
-        f"({dataset.ratio_actual:.0%} replay) -> {dataset.path}"
+        f"({dataset.ratio_actual:.0%} replay; {dataset.heldout_excluded} held-out rows left out) "
+        f"-> {dataset.path}"
     )
     fault_point("assemble")
-    return {
-        "stage": decision.stage,
-        "decision_reason": decision.reason,
-        "watermarks": asdict(marks_now),
-        "dataset": {
+    return StepOutcome(
+        stage=decision.stage,
+        decision_reason=decision.reason,
+        watermarks=asdict(marks_now),
+        dataset={
             "path": str(dataset.path),
             "manifest": str(dataset.manifest_path),
             "fresh": dataset.fresh,
             "replay": dataset.replay,
             "by_task": dataset.by_task,
+            "heldout_excluded": dataset.heldout_excluded,
         },
-    }
+    )
 
 
 def _next_version(engine: Engine) -> int:
@@ -219,42 +211,35 @@ def _next_version(engine: Engine) -> int:
     return max(registered, (reserved or 0) + 1)
 
 
-def _stage_config(ctx: _Ctx, cycle: Cycle, version: int) -> Path:
+def stage_config(ctx: _Ctx, cycle: Cycle, version: int) -> StageConfig:
+    """The config the cycle's stage runs with: `[train.<stage>]` of the settings with the
+    fields tutord sets for each run filled in."""
     stage = cycle.stage
-    assert stage in ("sft", "dpo", "rl")
-    st = getattr(ctx.settings.train, stage)
+    assert stage in STAGE_CONFIGS, stage
     parent = production_adapter(ctx.engine, ctx.home)
-    config: dict[str, Any] = {
-        "base_model": base_model(ctx.home, ctx.settings),
-        "parent_adapter": str(parent.path) if parent else None,
-        "parent_version": cycle.parent_version,
-        "train_file": cycle.dataset["path"],
-        "output_dir": str(ctx.folder(cycle) / "train"),
-        "adapters_dir": str(ctx.home.adapters),
-        "version": version,
-        "max_steps": st.max_steps,
-        "learning_rate": st.learning_rate,
-        "per_device_batch_size": st.per_device_batch_size,
-        "lora_r": st.lora_r,
-        "lora_alpha": st.lora_alpha,
-        "max_seconds": st.max_seconds,
-        "seed": cycle.seed,
-        "threads": ctx.settings.train.threads,
-    }
-    if st.beta is not None:
-        config["beta"] = st.beta
-    if stage == "rl" and st.num_generations is not None:
-        config["num_generations"] = st.num_generations
-    config.update(st.extra)
-    path = ctx.folder(cycle) / "train" / "config.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".config.json.tmp")
-    tmp.write_text(json.dumps(config, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    configured: StageConfig = getattr(ctx.settings.train, stage)
+    return dataclasses.replace(
+        configured,
+        base_model=base_model(ctx.home, ctx.settings),
+        parent_adapter=str(parent.path) if parent else None,
+        parent_version=cycle.parent_version,
+        train_file=cycle.dataset["path"],
+        output_dir=str(ctx.folder(cycle) / "train"),
+        adapters_dir=str(ctx.home.adapters),
+        version=version,
+        seed=cycle.seed,
+        threads=ctx.settings.train.threads,
+    )
 
 
-def _train(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
+def _stage_config(ctx: _Ctx, cycle: Cycle, version: int) -> Path:
+    """Write the stage's config (`stage_config`) into the cycle's train folder, atomically."""
+    return write_config(
+        stage_config(ctx, cycle, version), ctx.folder(cycle) / "train" / "config.json"
+    )
+
+
+def _train(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
     version = cycle.candidate_version
     if version is None:
         version = _next_version(ctx.engine)
@@ -279,12 +264,12 @@ def _train(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
         stage_result = run_stage(cycle.stage, config, launch)  # type: ignore[arg-type]
         result = stage_result.to_dict()
         if result.get("status") != "completed":
-            return {
-                "state": "failed",
-                "outcome": "failed",
-                "train_result": result,
-                "outcome_reason": f"training failed: {result.get('reason')}",
-            }
+            return StepOutcome(
+                state="failed",
+                outcome="failed",
+                train_result=result,
+                outcome_reason=f"training failed: {result.get('reason')}",
+            )
         ctx.say(
             f"  trained {result.get('steps')} steps in {result.get('seconds', 0):.0f} s, "
             f"final loss {result['loss_curve'][-1][1] if result.get('loss_curve') else 'n/a'}"
@@ -294,10 +279,10 @@ def _train(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
         if s.get(AdapterVersion, version) is None:
             adapters.register(s, manifest)
     fault_point("train")
-    return {"train_result": result}
+    return StepOutcome(train_result=result)
 
 
-def _gate(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
+def _gate(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
     with session_scope(ctx.engine) as s:
         existing = s.execute(select(GateDecision).where(GateDecision.cycle_id == cycle.id)).scalar()
     if existing is None:
@@ -306,10 +291,10 @@ def _gate(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
     else:
         ctx.say(f"  gate decision was already recorded: {existing.reason}")
     fault_point("gate")
-    return {}
+    return StepOutcome()
 
 
-def _decide(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
+def _decide(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
     assert cycle.candidate_version is not None
     with session_scope(ctx.engine) as s:
         gate = s.execute(select(GateDecision).where(GateDecision.cycle_id == cycle.id)).scalar_one()
@@ -323,7 +308,7 @@ def _decide(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
             adapters.mark(ctx.engine, cycle.candidate_version, "rejected", gate.reason)
         ctx.say(f"  {name} rejected and kept in the registry, marked rejected")
         fault_point("decide")
-        return {"outcome": "rejected", "outcome_reason": gate.reason}
+        return StepOutcome(outcome="rejected", outcome_reason=gate.reason)
     if current != cycle.candidate_version:
         adapters.move_production(
             ctx.engine,
@@ -338,7 +323,7 @@ def _decide(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
     _join_replay(ctx, cycle)
     ctx.say(f"  {name} promoted to production")
     fault_point("decide")
-    return {"outcome": "promoted", "outcome_reason": gate.reason}
+    return StepOutcome(outcome="promoted", outcome_reason=gate.reason)
 
 
 def _serve(ctx: _Ctx, version: int) -> None:
@@ -379,20 +364,27 @@ def _join_replay(ctx: _Ctx, cycle: Cycle) -> None:
     ctx.say(f"  replay buffer: +{added} rows, {evicted} evicted")
 
 
-def _report(ctx: _Ctx, cycle: Cycle) -> dict[str, Any]:
+def _report(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
     record_snapshot(ctx.engine, ctx.home, ctx.settings, cycle)
     fault_point("report")
-    return {"state": "done", "finished_at": utcnow()}
+    return StepOutcome(state="done", finished_at=utcnow())
 
 
-_STEP_FUNCS: dict[str, Callable[[_Ctx, Cycle], dict[str, Any]]] = {
-    "synthesize": _synthesize,
-    "assemble": _assemble,
-    "train": _train,
-    "gate": _gate,
-    "decide": _decide,
-    "report": _report,
-}
+def _run_step(ctx: _Ctx, cycle: Cycle, step: str) -> StepOutcome:
+    match step:
+        case "synthesize":
+            return _synthesize(ctx, cycle)
+        case "assemble":
+            return _assemble(ctx, cycle)
+        case "train":
+            return _train(ctx, cycle)
+        case "gate":
+            return _gate(ctx, cycle)
+        case "decide":
+            return _decide(ctx, cycle)
+        case "report":
+            return _report(ctx, cycle)
+    raise ValueError(f"unknown cycle step {step!r}")
 
 
 # --------------------------------------------------------------------------- driver
@@ -438,7 +430,7 @@ def run_cycle(
             step = cycle.state
             started = time.monotonic()
             try:
-                updates = _STEP_FUNCS[step](ctx, cycle)
+                updates = _run_step(ctx, cycle, step).columns()
             except Exception as exc:
                 _update(engine, cycle.id, error=f"{step}: {type(exc).__name__}: {exc}")
                 raise
@@ -468,10 +460,3 @@ def run_cycle(
         )
     finally:
         lease.release(engine, LEASE, ctx.holder)
-
-
-def dry_run(engine: Engine, home: Home, settings: Settings, stage: str = "auto") -> Decision:
-    """What the next cycle's curriculum would decide now, without running anything."""
-    ctx = _Ctx(engine, home, settings, "dry-run", lambda text: None)
-    probe = Cycle(id=0, requested_stage=stage, seed=0, state="assemble")
-    return _decide_stage(ctx, probe)

@@ -34,8 +34,9 @@ from daemon.report import write_drift_report
 from daemon.settings import Settings, load_settings
 from replay.db import make_engine, session_scope
 from replay.ingest import ingest_files
-from stages.world.logs import generate_logs, write_jsonl
-from stages.world.pretrain import bootstrap
+from stages.atomic import write_atomic
+from world.logs import generate_logs, write_jsonl
+from world.pretrain import bootstrap
 
 PLAN: tuple[tuple[str | None, str], ...] = (
     ("add", "sft"),
@@ -60,7 +61,8 @@ DEMO_CONFIG = {
             "beta": 0.04,
             "num_generations": 8,
             "per_device_batch_size": 32,
-            "extra": {"temperature": 0.7, "max_completion_length": 16},
+            "temperature": 0.7,
+            "max_completion_length": 16,
         },
     },
 }
@@ -254,7 +256,5 @@ def run_demo(
     result["seconds"] = round(time.monotonic() - started, 1)
     say(f"\ndemo finished in {result['seconds'] / 60:.1f} minutes")
     out = home.reports / "demo.json"
-    tmp = out.with_name(".demo.json.tmp")
-    tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(result, indent=1))
     return result

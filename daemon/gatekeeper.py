@@ -1,7 +1,7 @@
 """The gate step of a cycle: evaluate production and candidate with lm-eval, decide, record.
 
-It builds the regression suite (held-out prompts of the world's released families plus
-the user's own lm-eval tasks), evaluates production (from the cache when nothing
+It builds the regression suite (held-out items of every live task plus the user's own
+lm-eval tasks), evaluates production (from the cache when nothing
 changed) and the candidate through `evals.run.evaluate`, applies `evals.gate.gate`, and
 stores both evaluations and the decision in one transaction. The statistics are in
 `evals/`.
@@ -15,38 +15,37 @@ from sqlalchemy import Engine
 
 from daemon.home import Home
 from daemon.models import Cycle, EvalRun, GateDecision
-from daemon.policy import apply_threads, base_model, uses_world
+from daemon.policy import adapter_ref, apply_threads, base_model
 from daemon.settings import Settings
-from daemon.synth import world_step
+from daemon.tasks import live_tasks
+from evals.cache import EvalCache
+from evals.evaluation import EvalSettings, Evaluation
 from evals.gate import GateResult, GateRules, gate
-from evals.run import EvalCache, EvalSettings, evaluate
-from evals.run import EvalRun as Evaluation
+from evals.run import evaluate
 from evals.tasks import SuiteSpec, write_suite
 from replay.db import session_scope
 from stages import registry
-from stages.generate.api import AdapterRef
-from stages.world.schedule import live_families
-
-
-def adapter_ref(home: Home, version: int | None) -> AdapterRef | None:
-    if version is None:
-        return None
-    return AdapterRef(registry.version_name(version), registry.adapter_path(home.adapters, version))
 
 
 def suite(engine: Engine, home: Home, settings: Settings) -> SuiteSpec:
-    """The regression suite for the world's released families and the user's own tasks."""
-    families = (
-        live_families(world_step(engine), settings.world.release) if uses_world(settings) else []
-    )
-    name = "-".join(families) or "user"
+    """The regression suite: held-out items of every live task, and the user's own lm-eval
+    tasks (`gate.include_paths` / `gate.extra_tasks`, and each task's `lm_eval` folder)."""
+    tasks = list(live_tasks(engine, home, settings).values())
+    include = [Path(p) for p in settings.gate.include_paths]
+    extra = list(settings.gate.extra_tasks)
+    for task in tasks:
+        if task.lm_eval_include:
+            include.append(Path(task.lm_eval_include))
+            extra.extend(task.lm_eval_tasks)
+    with_items = [t for t in tasks if t.heldout()]
+    name = "-".join(t.name for t in with_items) or "user"
     return write_suite(
         home.root / "evals" / "suites" / name,
-        families,
+        with_items,
         settings.gate.max_items,
         seed=0,
-        include_paths=[Path(p) for p in settings.gate.include_paths],
-        user_tasks=settings.gate.extra_tasks,
+        include_paths=include,
+        user_tasks=extra,
     )
 
 

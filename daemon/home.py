@@ -12,7 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.settings import CONFIG_FILENAME, DEFAULT_CONFIG, Settings, load_settings
+from daemon.config_file import default_config
+from daemon.settings import CONFIG_FILENAME, Settings, load_settings
+from stages.atomic import write_atomic
 
 HOME_ENV = "TUTORD_HOME"
 DEFAULT_HOME = Path("~/.local/share/tutord")
@@ -85,9 +87,7 @@ class Home:
             (self.root / name).mkdir(exist_ok=True)
         if self.config_file.exists():
             return False
-        tmp = self.config_file.with_suffix(".toml.tmp")
-        tmp.write_text(DEFAULT_CONFIG, encoding="utf-8")
-        os.replace(tmp, self.config_file)
+        write_atomic(self.config_file, default_config())
         return True
 
 

@@ -6,6 +6,7 @@ path, an `AdapterRef`, a generation backend). It does not generate or train.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -21,9 +22,23 @@ from stages.generate.factory import make_backend
 WORLD_BASE = Path("world") / "arith-base"
 
 
-def uses_world(settings: Settings) -> bool:
-    """Whether the policy is the embedded arith world's model (model.base left empty)."""
-    return not settings.model.base
+def task_packs(settings: Settings) -> list[str]:
+    """The task packs in use: `task_packs`, else the embedded default (the world's model
+    comes with the world's tasks; a model of your own comes with none)."""
+    if settings.task_packs is not None:
+        return list(settings.task_packs)
+    return [] if settings.model.base else ["arith"]
+
+
+def context_length(model: str) -> int | None:
+    """The model's longest input in tokens (`max_position_embeddings` of a local folder's
+    config.json), or None when it cannot be read without loading the model."""
+    try:
+        config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get("max_position_embeddings")
+    return value if isinstance(value, int) else None
 
 
 def base_model(home: Home, settings: Settings) -> str:
@@ -42,11 +57,17 @@ def production_adapter(engine: Engine, home: Home) -> AdapterRef | None:
     """The production adapter (None: the bare base), verified on disk."""
     with session_scope(engine) as session:
         version = adapters.production(session)
+    ref = adapter_ref(home, version)
+    if ref is not None:
+        registry.verify(ref.path)
+    return ref
+
+
+def adapter_ref(home: Home, version: int | None) -> AdapterRef | None:
+    """The adapter of a registry version (None: the bare base); not verified here."""
     if version is None:
         return None
-    path = registry.adapter_path(home.adapters, version)
-    registry.verify(path)
-    return AdapterRef(name=registry.version_name(version), path=path)
+    return AdapterRef(registry.version_name(version), registry.adapter_path(home.adapters, version))
 
 
 def apply_threads(settings: Settings) -> None:

@@ -6,7 +6,7 @@ from the production before the cycle (on a fixed probe of held-out prompts), the
 synthesis run's judge figures, and the traffic (task mix of recent interactions against
 the cycle's training data, feedback rates). `write_drift_report` turns every snapshot
 and the history of promotions, rollbacks and rejections into `report.html` and
-`report.json` (written by `evals.drift.write_report`).
+`report.json` (written by `evals.drift_report.write_report`).
 """
 
 from __future__ import annotations
@@ -18,33 +18,30 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from daemon import adapters
-from daemon.gatekeeper import adapter_ref
 from daemon.home import Home
 from daemon.models import Cycle, DriftSnapshot, EvalRun, GateDecision
-from daemon.policy import apply_threads, base_model, uses_world
+from daemon.policy import adapter_ref, apply_threads, base_model
 from daemon.settings import Settings
-from evals.drift import DriftSnapshot as Snapshot
-from evals.drift import divergence, snapshot_from_run, write_report
-from evals.run import EvalRun as Evaluation
+from daemon.tasks import load_tasks
+from evals.drift import VersionDrift, divergence, snapshot_from_run
+from evals.drift_report import write_report
+from evals.evaluation import Evaluation
 from replay.db import session_scope
 from replay.models import Interaction, Judgment, Sample, SynthRun
 from stages import registry
-from stages.world.schedule import live_families
-from stages.world.tasks import families
 
-PROBE_PER_FAMILY = 8
+PROBE_PER_TASK = 8
+ALL_RELEASED = 10**6
+"""A release step past every schedule: the probe covers every task."""
 RECENT = 2000
 
 
-def _probe(settings: Settings) -> list[tuple[list[dict[str, str]], None]]:
-    """A fixed probe: the first held-out prompts of every world family (none off-world)."""
-    if not uses_world(settings):
-        return []
-    names = live_families(10**6, settings.world.release)
+def _probe(home: Home, settings: Settings) -> list[tuple[list[dict[str, str]], None]]:
+    """A fixed probe: the first held-out prompts of every task the configuration will ever
+    release (so that it is the same for every version and divergences compare)."""
+    tasks = load_tasks(home, settings, step=ALL_RELEASED)
     return [
-        (p.messages(), None)
-        for name in names
-        for p in families()[name].all_problems("heldout")[:PROBE_PER_FAMILY]
+        (item.prompt, None) for task in tasks.values() for item in task.heldout()[:PROBE_PER_TASK]
     ]
 
 
@@ -95,7 +92,7 @@ def record_snapshot(engine: Engine, home: Home, settings: Settings, cycle: Cycle
     evaluation = Evaluation.from_dict(runs[role].results)
     apply_threads(settings)
     base = base_model(home, settings)
-    probe = _probe(settings)
+    probe = _probe(home, settings)
     current = adapter_ref(home, production)
     kl_base = (
         divergence(base, current, None, probe) if probe and current else (0.0 if probe else None)
@@ -161,6 +158,6 @@ def write_drift_report(engine: Engine, home: Home, out_dir: Path) -> tuple[Path,
             .join(Cycle, Cycle.id == DriftSnapshot.cycle_id)
             .order_by(DriftSnapshot.id)
         ).scalars()
-        snapshots = [Snapshot.from_dict(r.data) for r in rows]
+        snapshots = [VersionDrift.from_dict(r.data) for r in rows]
     json_path, html_path = write_report(snapshots, events(engine), out_dir)
     return html_path, json_path

@@ -1,4 +1,4 @@
-"""Drift measurement: divergence between policies, drift snapshots and the drift report.
+"""Drift measurement: divergence between policies, and what one adapter version looked like.
 
 - `divergence(base_model, adapter_a, adapter_b, probe)`: a per-token KL(A || B) estimate
   between two policies (the base, or base + a LoRA adapter) on a fixed probe set, from
@@ -14,22 +14,17 @@
   Both are "per token" (sum over tokens / number of tokens), in nats. With completions
   not drawn from A (e.g. fixed references) the number is a log-ratio on that data, not a
   KL estimate.
-- `DriftSnapshot`: what one adapter version looked like (gate scores per task, response
+- `VersionDrift`: what one adapter version looked like (gate scores per task, response
   lengths, judge figures, divergence from base and from the previous version, traffic mix
-  and feedback rates passed in as plain dicts, promotion / rollback events).
-- `write_report(snapshots, events, out_dir)`: `report.json` (the same data as series per
-  version) and a self-contained `report.html` (matplotlib PNGs embedded as base64 data URIs)
-  whose opening paragraph says what moved most since the previous version.
+  and feedback rates passed in as plain dicts, promotion / rollback events);
+  `snapshot_from_run` fills one from an `evals.evaluation.Evaluation`.
 
-It reads no database and does not decide promotions; the daemon gathers the inputs.
+It does not write or render the report (`evals.drift_report`, `evals.drift_charts`), reads
+no database and does not decide promotions; the daemon gathers the inputs.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,26 +34,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from stages.atomic import write_atomic
 from stages.generate.api import AdapterRef, Chat, SamplingParams
 
 if TYPE_CHECKING:
-    from evals.run import EvalRun
+    from evals.evaluation import Evaluation
     from stages.generate.hf import TransformersBackend
 
 log = logging.getLogger(__name__)
 
-REPORT_FORMAT = 1
 Estimator = Literal["k1", "k3"]
 ProbeItem = tuple[Chat, str | None]
 """A probe: the prompt as chat messages and a completion (None: sample one from policy A)."""
 
 DEFAULT_LENGTH_EDGES: tuple[int, ...] = (0, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-_EVENT_STYLE = {
-    "promotion": ("#2a9d38", "--"),
-    "rollback": ("#d62728", "-"),
-    "rejection": ("#888888", ":"),
-}
 
 
 # -- divergence ------------------------------------------------------------------------------
@@ -180,7 +168,7 @@ def _opt_float(value: Any) -> float | None:
 
 
 @dataclass(frozen=True)
-class DriftSnapshot:
+class VersionDrift:
     """One adapter version's drift measurements (every field but `version` optional).
 
     version: a label ("base", "v3").
@@ -257,7 +245,7 @@ class DriftSnapshot:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DriftSnapshot:
+    def from_dict(cls, data: Mapping[str, Any]) -> VersionDrift:
         return cls(
             version=str(data["version"]),
             created_at=data.get("created_at"),
@@ -284,17 +272,17 @@ def _normalized(mix: Mapping[str, float]) -> dict[str, float]:
 
 def snapshot_from_run(
     version: str,
-    run: EvalRun,
+    run: Evaluation,
     *,
     created_at: str | None = None,
     length_edges: Sequence[int] = DEFAULT_LENGTH_EDGES,
     **fields: Any,
-) -> DriftSnapshot:
-    """A snapshot whose task scores, response lengths and histogram come from an `EvalRun`;
+) -> VersionDrift:
+    """A snapshot whose task scores, response lengths and histogram come from an `Evaluation`;
     `fields` fill the rest (judge figures, KL, traffic, events)."""
     lengths = [len(text) for t in run.tasks.values() for text in t.responses.values()]
     edges, counts = length_histogram(lengths, length_edges)
-    return DriftSnapshot(
+    return VersionDrift(
         version=version,
         created_at=created_at or datetime.now(UTC).isoformat(),
         task_scores={name: t.score for name, t in run.tasks.items()},
@@ -304,384 +292,3 @@ def snapshot_from_run(
         length_counts=counts,
         **fields,
     )
-
-
-# -- the summary -----------------------------------------------------------------------------
-
-
-def _verb(delta: float, up: str = "rose", down: str = "fell") -> str:
-    return up if delta > 0 else down
-
-
-def summarize(snapshots: Sequence[DriftSnapshot], events: Sequence[Mapping[str, Any]] = ()) -> str:
-    """A few sentences saying what moved most at the latest version since the previous one."""
-    if not snapshots:
-        return "No drift snapshots yet."
-    cur = snapshots[-1]
-    at_cur = [e for e in _merge_events(snapshots, events) if e.get("version") == cur.version]
-    happened = "; ".join(f"{e.get('kind', 'event')} ({cur.version})" for e in at_cur)
-    if len(snapshots) == 1:
-        parts = [
-            f"{task} {cur.task_metrics.get(task, 'score')} {score:.2f}"
-            for task, score in cur.task_scores.items()
-        ]
-        if cur.kl_from_base is not None:
-            parts.append(f"KL from base {cur.kl_from_base:.2f} nats")
-        if cur.response_length_mean is not None:
-            parts.append(f"mean length {cur.response_length_mean:.1f} characters")
-        text = f"First snapshot ({cur.version}): " + ("; ".join(parts) or "no measurements") + "."
-        return text + (f" Events: {happened}." if happened else "")
-
-    prev = snapshots[-2]
-    moved: list[tuple[float, str]] = []  # (magnitude for ranking, words)
-    for task, score in cur.task_scores.items():
-        metric = cur.task_metrics.get(task, "score")
-        if task not in prev.task_scores:
-            moved.append((abs(score), f"{task} {metric} is new at {score:.2f}"))
-            continue
-        before = prev.task_scores[task]
-        delta = score - before
-        if abs(delta) >= 0.005:
-            moved.append(
-                (
-                    abs(delta),
-                    f"{task} {metric} {_verb(delta)} from {before:.2f} to {score:.2f} "
-                    f"({delta:+.2f})",
-                )
-            )
-    for task in prev.task_scores:
-        if task not in cur.task_scores:
-            moved.append((0.0, f"{task} is no longer measured"))
-    moved.sort(key=lambda m: -m[0])
-    parts = [words for _, words in moved[:3]]
-    if not parts and cur.task_scores:
-        parts.append("task scores held steady")
-    if cur.kl_from_base is not None:
-        if prev.kl_from_base is not None and abs(cur.kl_from_base - prev.kl_from_base) > 1e-9:
-            verb = _verb(cur.kl_from_base - prev.kl_from_base, "grew", "shrank")
-            parts.append(
-                f"KL from base {verb} to {cur.kl_from_base:.2f} nats (from {prev.kl_from_base:.2f})"
-            )
-        else:
-            parts.append(f"KL from base is {cur.kl_from_base:.2f} nats")
-    if cur.kl_from_previous is not None:
-        parts.append(f"KL from the previous version {cur.kl_from_previous:.2f} nats")
-    if cur.response_length_mean is not None and prev.response_length_mean:
-        change = (cur.response_length_mean - prev.response_length_mean) / prev.response_length_mean
-        if abs(change) >= 0.01:
-            parts.append(f"mean length {_verb(change)} {abs(change):.0%}")
-        else:
-            parts.append("mean length held steady")
-    if cur.judge_score_mean is not None and prev.judge_score_mean is not None:
-        delta = cur.judge_score_mean - prev.judge_score_mean
-        if abs(delta) >= 0.005:
-            parts.append(
-                f"mean judge score {_verb(delta)} from {prev.judge_score_mean:.2f} to "
-                f"{cur.judge_score_mean:.2f}"
-            )
-    if cur.judge_verifier_agreement is not None and prev.judge_verifier_agreement is not None:
-        delta = cur.judge_verifier_agreement - prev.judge_verifier_agreement
-        if abs(delta) >= 0.01:
-            parts.append(
-                f"judge-verifier agreement {_verb(delta)} to {cur.judge_verifier_agreement:.0%}"
-            )
-    distance = cur.traffic_distance
-    if distance is not None and distance >= 0.1:
-        parts.append(f"traffic mix is {distance:.2f} (total variation) away from the training mix")
-    text = f"Since {prev.version}, {cur.version}: " + "; ".join(parts) + "."
-    return text + (f" Events: {happened}." if happened else "")
-
-
-# -- the report ------------------------------------------------------------------------------
-
-
-def _merge_events(
-    snapshots: Sequence[DriftSnapshot], events: Sequence[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """Snapshot events and extra events, without duplicates, in order of time when known."""
-    seen: set[tuple[str, str, str]] = set()
-    merged: list[dict[str, Any]] = []
-    for event in [*(e for s in snapshots for e in s.events), *events]:
-        item = {str(k): v for k, v in dict(event).items()}
-        key = (str(item.get("kind")), str(item.get("version")), str(item.get("at")))
-        if key in seen:
-            continue
-        seen.add(key)
-        merged.append(item)
-    merged.sort(key=lambda e: str(e.get("at") or ""))
-    return merged
-
-
-def _series(snapshots: Sequence[DriftSnapshot]) -> dict[str, Any]:
-    def per_key(attr: str) -> dict[str, list[float | None]]:
-        keys: list[str] = []
-        for s in snapshots:
-            keys += [k for k in getattr(s, attr) if k not in keys]
-        return {k: [getattr(s, attr).get(k) for s in snapshots] for k in keys}
-
-    return {
-        "task_scores": per_key("task_scores"),
-        "kl_from_base": [s.kl_from_base for s in snapshots],
-        "kl_from_previous": [s.kl_from_previous for s in snapshots],
-        "response_length_mean": [s.response_length_mean for s in snapshots],
-        "judge_score_mean": [s.judge_score_mean for s in snapshots],
-        "judge_verifier_agreement": [s.judge_verifier_agreement for s in snapshots],
-        "traffic_mix": per_key("traffic_mix"),
-        "training_mix": per_key("training_mix"),
-        "traffic_training_distance": [s.traffic_distance for s in snapshots],
-        "feedback_rates": per_key("feedback_rates"),
-    }
-
-
-def _png(fig: Any) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=96, bbox_inches="tight", metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _plot_lines(
-    ax: Any, x: list[int], series: Mapping[str, Sequence[float | None]], ylabel: str
-) -> bool:
-    drawn = False
-    for name, values in series.items():
-        points = [(i, v) for i, v in zip(x, values, strict=True) if v is not None]
-        if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-            drawn = True
-    ax.set_ylabel(ylabel)
-    if drawn:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    return drawn
-
-
-def _mark_events(ax: Any, versions: list[str], events: Sequence[Mapping[str, Any]]) -> None:
-    """A vertical line per event at its version; one label per version naming its events in
-    order ("promotion + rollback")."""
-    labels: dict[int, list[tuple[str, str]]] = {}
-    for event in events:
-        version = str(event.get("version"))
-        if version not in versions:
-            continue
-        kind = str(event.get("kind", "event"))
-        color, style = _EVENT_STYLE.get(kind, ("#1f77b4", "-."))
-        x = versions.index(version)
-        ax.axvline(x, color=color, linestyle=style, linewidth=1.2, alpha=0.8)
-        labels.setdefault(x, []).append((kind, color))
-    for x, kinds in labels.items():
-        ax.text(
-            x,
-            0.97,
-            " + ".join(kind for kind, _ in kinds) + " ",
-            transform=ax.get_xaxis_transform(),  # x in data, y in axes fraction
-            rotation=90,
-            rotation_mode="anchor",
-            ha="right",
-            va="bottom",
-            fontsize=7,
-            color=kinds[-1][1],
-        )
-
-
-def _figures(
-    snapshots: Sequence[DriftSnapshot], series: Mapping[str, Any], events: Sequence[Mapping]
-) -> list[tuple[str, str]]:
-    """(caption, data URI) of every chart. Figures are made without pyplot (no global state,
-    no GUI): each `Figure` gets matplotlib's Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    versions = [s.version for s in snapshots]
-    x = list(range(len(versions)))
-    out: list[tuple[str, str]] = []
-
-    def axes(title: str, ncols: int = 1) -> tuple[Any, Any]:
-        fig = Figure(figsize=(7 * ncols, 3.4))
-        FigureCanvasAgg(fig)
-        ax = fig.subplots(1, ncols, squeeze=False)
-        fig.suptitle(title, fontsize=11)
-        for a in ax[0]:
-            a.set_xlim(-0.5, len(versions) - 0.5)
-            a.set_xticks(x)
-            a.set_xticklabels(versions, rotation=30 if len(versions) > 8 else 0)
-            a.grid(alpha=0.3)
-        return fig, ax[0]
-
-    fig, (ax,) = axes("Gate score per task across versions")
-    _plot_lines(ax, x, series["task_scores"], "score")
-    ax.set_ylim(-0.02, 1.02)
-    _mark_events(ax, versions, events)
-    out.append(("Gate score per task (promotions and rollbacks marked)", _png(fig)))
-
-    fig, (ax,) = axes("Divergence (nats per token)")
-    _plot_lines(
-        ax,
-        x,
-        {"KL from base": series["kl_from_base"], "KL from previous": series["kl_from_previous"]},
-        "KL",
-    )
-    _mark_events(ax, versions, events)
-    out.append(("Divergence from the base and from the previous version", _png(fig)))
-
-    fig, (ax_len, ax_hist) = axes("Response length", ncols=2)
-    _plot_lines(ax_len, x, {"mean length": series["response_length_mean"]}, "characters")
-    _mark_events(ax_len, versions, events)
-    ax_hist.set_xticks([])
-    with_hist = [s for s in snapshots if s.length_counts]
-    if with_hist:
-        shown = with_hist[-2:]
-        width = 0.8 / len(shown)
-        edges = shown[-1].length_edges
-        for k, s in enumerate(shown):
-            counts = s.length_counts
-            total = sum(counts) or 1
-            ax_hist.bar(
-                [i + k * width for i in range(len(counts))],
-                [c / total for c in counts],
-                width=width,
-                label=s.version,
-            )
-        labels = [f"{edges[i]}-{edges[i + 1] - 1}" for i in range(len(edges) - 1)]
-        labels.append(f"{edges[-1]}+")
-        ax_hist.set_xlim(-0.5, len(edges) - 0.2)
-        ax_hist.set_xticks([i + 0.4 - width / 2 for i in range(len(edges))])
-        ax_hist.set_xticklabels(labels, rotation=45, fontsize=7)
-        ax_hist.set_ylabel("share of responses")
-        ax_hist.legend(fontsize=8)
-    else:
-        ax_hist.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax_hist.transAxes)
-    out.append(("Mean response length per version; length histogram of the last two", _png(fig)))
-
-    fig, (ax,) = axes("Judge")
-    _plot_lines(
-        ax,
-        x,
-        {
-            "mean judge score": series["judge_score_mean"],
-            "judge-verifier agreement": series["judge_verifier_agreement"],
-        },
-        "value",
-    )
-    _mark_events(ax, versions, events)
-    out.append(("Mean judge score and judge-verifier agreement", _png(fig)))
-
-    fig, (ax_mix, ax_fb) = axes("Traffic", ncols=2)
-    mix = {f"traffic {k}": v for k, v in series["traffic_mix"].items()}
-    mix |= {f"training {k}": v for k, v in series["training_mix"].items()}
-    mix["traffic-training distance (TV)"] = series["traffic_training_distance"]
-    _plot_lines(ax_mix, x, mix, "share")
-    _plot_lines(ax_fb, x, series["feedback_rates"], "rate")
-    _mark_events(ax_fb, versions, events)
-    out.append(("Task mix of recent traffic vs training data; feedback rates", _png(fig)))
-    return out
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return html.escape(str(value))
-
-
-def _html(
-    summary: str,
-    snapshots: Sequence[DriftSnapshot],
-    series: Mapping[str, Any],
-    events: Sequence[Mapping[str, Any]],
-    figures: Sequence[tuple[str, str]],
-    generated_at: str,
-) -> str:
-    esc = html.escape
-    versions = [s.version for s in snapshots]
-    rows = []
-    for task, values in series["task_scores"].items():
-        rows.append((task, values))
-    for name in ("kl_from_base", "kl_from_previous", "response_length_mean"):
-        rows.append((name.replace("_", " "), series[name]))
-    for name in ("judge_score_mean", "judge_verifier_agreement", "traffic_training_distance"):
-        rows.append((name.replace("_", " "), series[name]))
-    head = "".join(f"<th>{esc(v)}</th>" for v in versions)
-    body = "".join(
-        f"<tr><th>{esc(name)}</th>{''.join(f'<td>{_fmt(v)}</td>' for v in values)}</tr>"
-        for name, values in rows
-    )
-    event_rows = "".join(
-        "<tr>"
-        + "".join(f"<td>{_fmt(e.get(k))}</td>" for k in ("at", "kind", "version", "detail"))
-        + "</tr>"
-        for e in events
-    )
-    images = "".join(
-        f'<figure><img alt="{esc(caption)}" src="{uri}"><figcaption>{esc(caption)}'
-        "</figcaption></figure>"
-        for caption, uri in figures
-    )
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}"
-        "p.summary{font-size:1.1em;background:#f3f6fa;padding:.8em;border-left:4px solid #468}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
-        "text-align:right}th{background:#f5f5f5}figure{margin:1em 0}img{max-width:100%}"
-    )
-    span = f"{versions[0]} … {versions[-1]}" if versions else "no versions"
-    return (
-        "<!DOCTYPE html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><title>tutord drift report</title>'
-        f"<style>{style}</style></head><body>\n"
-        f'<p class="summary" id="summary">{esc(summary)}</p>\n'
-        f"<h1>tutord drift report ({esc(span)})</h1>\n"
-        f"<p>Generated {esc(generated_at)}; {len(snapshots)} versions, {len(events)} events."
-        " KL: per-token estimate in nats (see evals.drift). Lengths in characters.</p>\n"
-        f"<h2>Numbers per version</h2><table><tr><th></th>{head}</tr>{body}</table>\n"
-        f"<h2>Charts</h2>{images}\n"
-        "<h2>Promotions and rollbacks</h2><table><tr><th>at</th><th>kind</th><th>version</th>"
-        f"<th>detail</th></tr>{event_rows}</table>\n"
-        "</body></html>\n"
-    )
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN and infinities become null: the report is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def write_report(
-    snapshots: list[DriftSnapshot], events: list[dict[str, Any]], out_dir: Path
-) -> tuple[Path, Path]:
-    """Write `report.json` and a self-contained `report.html` into `out_dir`; each file is
-    written to a temporary name and renamed into place. Returns (json path, html path).
-
-    `snapshots` are in version order (oldest first); `events` are dicts with "kind"
-    ("promotion", "rollback", "rejection", ...), "version", "at" (ISO time) and "detail",
-    merged with the snapshots' own events.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    merged = _merge_events(snapshots, events)
-    summary = summarize(snapshots, events)
-    series = _series(snapshots)
-    generated_at = datetime.now(UTC).isoformat()
-    report = {
-        "format": REPORT_FORMAT,
-        "generated_at": generated_at,
-        "summary": summary,
-        "versions": [s.version for s in snapshots],
-        "series": series,
-        "snapshots": [s.to_dict() for s in snapshots],
-        "events": merged,
-    }
-    json_path, html_path = out_dir / "report.json", out_dir / "report.html"
-    text = json.dumps(_jsonable(report), indent=2, allow_nan=False, default=str)
-    write_atomic(json_path, text.encode("utf-8"))
-    figures = _figures(snapshots, series, merged) if snapshots else []
-    page = _html(summary, snapshots, series, merged, figures, generated_at)
-    write_atomic(html_path, page.encode("utf-8"))
-    log.info("drift report for %d versions: %s", len(snapshots), summary)
-    return json_path, html_path

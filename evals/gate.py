@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from evals.run import EvalRun
+    from evals.evaluation import Evaluation
 
 
 @dataclass(frozen=True)
@@ -343,7 +343,9 @@ def compare(
     return GateResult(True, reason + ".", tuple(comparisons), rules)
 
 
-def gate(production: EvalRun, candidate: EvalRun, rules: GateRules | None = None) -> GateResult:
+def gate(
+    production: Evaluation, candidate: Evaluation, rules: GateRules | None = None
+) -> GateResult:
     """Decide whether `candidate` may replace `production` (see the module docstring).
 
     The runs must come from the same suite (same suite hash); items are paired by id."""

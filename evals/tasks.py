@@ -1,18 +1,18 @@
-"""lm-eval task folders built from tutord's own data: the gate's regression suite.
+"""lm-eval task folders built from tutord's own tasks: the gate's regression suite.
 
-`write_suite` writes, per task family of the arith world (add, sub, mul), one lm-eval
-`generate_until` task over that family's HELD-OUT prompts (`stages.world.split`: never
-trained on), as a YAML file plus a JSONL data file (`dataset_path: json`), and a small
-metric module whose `process_results` pulls the final integer out of the answer
-(`stages.world.verify.final_integer`) and compares it with the reference: a per-item 0/1
-`exact_match` that lm-eval's `log_samples` records for every item. Decoding is greedy,
-stops at the end-of-turn token `<|end|>` and writes at most `max_gen_toks` tokens; the chat
-template is applied at evaluation time (`simple_evaluate(apply_chat_template=True)`,
-`evals.run.EvalSettings`). User-provided lm-eval task folders (include paths + task names)
-join the same suite. The folder is written atomically and described by a `SuiteSpec` whose
-`hash` is a content hash of everything that defines the suite (task YAML, data, scoring
-code, user folders), independent of where the folder lies: the key under which
-`evals.run.EvalCache` stores results.
+`write_suite` writes, per `judges.tasks.Task`, one lm-eval `generate_until` task over that
+task's HELD-OUT items (never trained on), as a YAML file plus a JSONL data file
+(`dataset_path: json`), and one small metric module whose `process_results` grades the
+answer with the grader the item names (`judges.graders.resolve_grader`, the task's own
+grader) against the reference: a per-item 0/1 `exact_match` (1 when the grader gives 1.0)
+that lm-eval's `log_samples` records for every item. Decoding is greedy, stops at the
+tokenizer's end-of-sequence token (lm-eval adds it) and writes at most the task's
+`max_new_tokens`; the chat template is applied at evaluation time
+(`simple_evaluate(apply_chat_template=True)`, `evals.run.EvalSettings`). User-provided
+lm-eval task folders (include paths + task names) join the same suite. The folder is written
+atomically and described by a `SuiteSpec` whose `hash` is a content hash of everything that
+defines the suite (task YAML, data, scoring code, graders, user folders), independent of
+where the folder lies: the key under which `evals.run.EvalCache` stores results.
 
 It does not run lm-eval (see `evals.run`) and does not decide anything (see `evals.gate`).
 """
@@ -20,7 +20,6 @@ It does not run lm-eval (see `evals.run`) and does not decide anything (see `eva
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -28,46 +27,44 @@ import random
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from judges.graders import grader_fingerprint
+from judges.tasks import Task, TaskItem
 from stages.atomic import fsync_dir
-from stages.world import verify as world_verify
-from stages.world.config import WorldConfig
-from stages.world.tasks import Problem
-from stages.world.tasks import families as world_families
-from stages.world.tokenizer import END
 
 log = logging.getLogger(__name__)
 
-SUITE_FORMAT = 1
+SUITE_FORMAT = 2
 SUITE_FILE = "suite.json"
-METRIC_MODULE = "tutord_arith_metric"
+METRIC_MODULE = "tutord_metric"
 """The metric module's file stem inside a suite folder (`!function` resolves it there)."""
-DEFAULT_PREFIX = "tutord_arith"
-DEFAULT_MAX_GEN_TOKS = 16
+DEFAULT_PREFIX = "tutord"
 _DATA_PLACEHOLDER = "{DATA_FILE}"
 _TMP_PREFIX = ".tmp-"
 
 # Written into every suite folder as METRIC_MODULE + ".py"; lm-eval loads it from there for
-# `process_results: !function tutord_arith_metric.process_results`. It needs tutord importable
+# `process_results: !function tutord_metric.process_results`. It needs tutord importable
 # (it is, in the process that runs `evals.run.evaluate`).
-METRIC_SOURCE = '''"""Scoring of tutord's arith tasks for lm-eval (written by evals.tasks).
+METRIC_SOURCE = '''"""Scoring of tutord's tasks for lm-eval (written by evals.tasks).
 
-The answer is right when its final integer equals the reference's: a 0/1 `exact_match`
-per item.
+Each item names its task's grader; the answer is right when that grader scores it 1.0:
+a 0/1 `exact_match` per item.
 """
 
-from stages.world.verify import final_integer
+from judges.graders import resolve_grader
 
 
 def process_results(doc, results):
     """lm-eval's per-document hook: `results` holds the one filtered generation."""
     answer = results[0] if results else ""
-    got = final_integer(answer if isinstance(answer, str) else "")
-    expected = final_integer(str(doc["reference"]))
-    return {"exact_match": 1.0 if got is not None and got == expected else 0.0}
+    grade = resolve_grader(doc["grader"])
+    score = grade(
+        [doc["prompt"]], [answer if isinstance(answer, str) else ""], reference=[doc["reference"]]
+    )[0]
+    return {"exact_match": 1.0 if score is not None and score >= 1.0 else 0.0}
 '''
 
 
@@ -78,14 +75,14 @@ class SuiteTask:
     name: the lm-eval task name (a task, not a group).
     metric: the metric key in lm-eval's results and logged samples ("exact_match").
     filter: the filter key whose results count ("none" when the task defines no filter).
-    family: the arith family it was built from; None for a user-provided task.
+    task: the tutord task it was built from; None for a user-provided lm-eval task.
     n_items: how many items the task has, when known (arith tasks).
     """
 
     name: str
     metric: str = "exact_match"
     filter: str = "none"
-    family: str | None = None
+    task: str | None = None
     n_items: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,7 +90,7 @@ class SuiteTask:
             "name": self.name,
             "metric": self.metric,
             "filter": self.filter,
-            "family": self.family,
+            "task": self.task,
             "n_items": self.n_items,
         }
 
@@ -103,7 +100,7 @@ class SuiteTask:
             name=str(data["name"]),
             metric=str(data.get("metric", "exact_match")),
             filter=str(data.get("filter", "none")),
-            family=data.get("family"),
+            task=data.get("task"),
             n_items=data.get("n_items"),
         )
 
@@ -166,54 +163,52 @@ class SuiteSpec:
 @dataclass(frozen=True)
 class _TaskFiles:
     name: str
-    family: str
+    task: str
     yaml_template: str
     data: bytes
     n_items: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    grader: str
+    """The grader's fingerprint (`judges.graders.grader_fingerprint`)."""
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def item_id(problem: Problem) -> str:
-    """The stable id of an arith item: its family and a hash of its prompt text.
+def item_id(task: str, item: TaskItem) -> str:
+    """The stable id of a suite item: its task and a hash of its prompt text.
 
-    >>> from stages.world.tasks import get_family
-    >>> item_id(get_family("add").problem(3, 4))
+    >>> item_id("add", TaskItem([{"role": "user", "content": "What is 3+4?"}], "7"))
     'add-9967e62b29b6bb11'
     """
-    return f"{problem.family}-{_sha256(problem.prompt.encode('utf-8'))[:16]}"
+    return f"{task}-{_sha256(item.text.encode('utf-8'))[:16]}"
 
 
-def heldout_problems(
-    family: str, max_items: int | None, seed: int, world: WorldConfig | None = None
-) -> list[Problem]:
-    """The family's held-out problems: all of them, or `max_items` drawn without replacement
-    under `seed` (the same seed always gives the same items, in the same order)."""
-    fam = world_families(world)[family]
-    pool = sorted(fam.all_problems("heldout"), key=lambda p: (p.a, p.b, p.phrasing))
+def suite_items(task: Task, max_items: int | None, seed: int) -> list[TaskItem]:
+    """The task's held-out items: all of them, or `max_items` drawn without replacement under
+    `seed` (the same seed always gives the same items, in the same order)."""
+    pool = list(task.heldout())
     if max_items is not None:
         if max_items < 1:
             raise ValueError(f"max_items_per_task must be >= 1 or None, got {max_items}")
-        rng = random.Random(f"evals-suite:{family}:{seed}")
+        rng = random.Random(f"evals-suite:{task.name}:{seed}")
         rng.shuffle(pool)
         pool = pool[:max_items]
     if not pool:
-        raise ValueError(f"family {family!r} has no held-out prompts")
+        raise ValueError(f"task {task.name!r} has no held-out items")
     return pool
 
 
-def _task_yaml(name: str, family: str, max_gen_toks: int) -> str:
+def _task_yaml(name: str, task: str, max_gen_toks: int) -> str:
     """The task's YAML, with `_DATA_PLACEHOLDER` where the data file's path goes.
 
     Strings are written as JSON, which YAML reads as flow scalars; `!function` is lm-eval's
-    tag for a Python callable (resolved next to the YAML file)."""
+    tag for a Python callable (resolved next to the YAML file). `until: []` leaves the
+    tokenizer's end-of-sequence token (lm-eval adds it) as the only stop."""
     q = json.dumps
     return "\n".join(
         [
-            f"# tutord regression task: held-out {family} problems of the arith world.",
+            f"# tutord regression task: held-out items of the task {task}.",
             "# Written by evals.tasks.write_suite; do not edit (the suite hash covers it).",
             f"task: {q(name)}",
             "dataset_path: json",
@@ -227,7 +222,7 @@ def _task_yaml(name: str, family: str, max_gen_toks: int) -> str:
             'target_delimiter: ""',
             "num_fewshot: 0",
             "generation_kwargs:",
-            f"  until: [{q(END)}]",
+            "  until: []",
             "  do_sample: false",
             "  temperature: 0.0",
             f"  max_gen_toks: {int(max_gen_toks)}",
@@ -238,24 +233,22 @@ def _task_yaml(name: str, family: str, max_gen_toks: int) -> str:
             "    higher_is_better: true",
             "metadata:",
             "  version: 1",
-            f"  family: {q(family)}",
+            f"  tutord_task: {q(task)}",
             "",
         ]
     )
 
 
-def _task_data(problems: Sequence[Problem]) -> bytes:
+def _task_data(task: Task, items: Sequence[TaskItem]) -> bytes:
     rows = [
         {
-            "id": item_id(p),
-            "family": p.family,
-            "prompt": p.prompt,
-            "reference": p.answer,
-            "a": p.a,
-            "b": p.b,
-            "phrasing": p.phrasing,
+            "id": item_id(task.name, item),
+            "task": task.name,
+            "prompt": item.text,
+            "reference": item.reference,
+            "grader": task.grader,
         }
-        for p in problems
+        for item in items
     ]
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode("utf-8")
 
@@ -296,7 +289,7 @@ def _check_user_tasks(
 
 
 def suite_hash(
-    arith: Sequence[_TaskFiles],
+    own: Sequence[_TaskFiles],
     user_paths: Sequence[Path],
     user_tasks: Sequence[SuiteTask],
     include_defaults: bool,
@@ -305,14 +298,14 @@ def suite_hash(
     description = {
         "format": SUITE_FORMAT,
         "metric_source": _sha256(METRIC_SOURCE.encode("utf-8")),
-        "verifier_source": _sha256(inspect.getsource(world_verify).encode("utf-8")),
-        "arith": [
+        "tasks": [
             {
                 "name": t.name,
+                "grader": t.grader,
                 "yaml": _sha256(t.yaml_template.encode("utf-8")),
                 "data": _sha256(t.data),
             }
-            for t in arith
+            for t in own
         ],
         "user_folders": [_folder_digest(p) for p in user_paths],
         "user_tasks": [t.to_dict() for t in user_tasks],
@@ -336,49 +329,47 @@ def read_suite(root: Path) -> SuiteSpec:
 
 def write_suite(
     out_dir: Path,
-    families: list[str],
+    tasks: Sequence[Task],
     max_items_per_task: int | None,
     seed: int = 0,
     *,
-    world: WorldConfig | None = None,
     include_paths: Sequence[Path | str] = (),
     user_tasks: Sequence[str | SuiteTask] = (),
     include_defaults: bool = False,
-    max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
+    max_gen_toks: int | None = None,
     prefix: str = DEFAULT_PREFIX,
 ) -> SuiteSpec:
     """Write the regression suite's lm-eval task folder at `out_dir` and return its spec.
 
-    One task `<prefix>_<family>` per family in `families`, over its held-out prompts (all, or
-    `max_items_per_task` of them drawn under `seed`), plus `user_tasks` (names, or
+    One lm-eval task `<prefix>_<task>` per task in `tasks`, over its held-out items (all, or
+    `max_items_per_task` of them drawn under `seed`), generating at most the task's
+    `max_new_tokens` (or `max_gen_toks` for every task), plus `user_tasks` (names, or
     `SuiteTask`s naming their metric and filter) found in the lm-eval folders
     `include_paths`. The folder holds `<task>.yaml`, `<task>.jsonl`, the metric module and
     `suite.json`; it is built in a temporary folder beside `out_dir` and renamed into place.
     When `out_dir` already holds a suite with the same hash it is left as it is.
     """
     out_dir = Path(out_dir).resolve()
-    if max_gen_toks < 1:
+    if max_gen_toks is not None and max_gen_toks < 1:
         raise ValueError(f"max_gen_toks must be >= 1, got {max_gen_toks}")
-    known = world_families(world)
-    unknown = [f for f in families if f not in known]
-    if unknown:
-        raise KeyError(f"unknown task families {unknown}; known: {', '.join(known)}")
-    if len(set(families)) != len(families):
-        raise ValueError(f"families repeat: {families}")
-    if not families and not user_tasks:
-        raise ValueError("a suite needs at least one family or user task")
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"tasks repeat: {names}")
+    if not tasks and not user_tasks:
+        raise ValueError("a suite needs at least one task")
 
-    arith: list[_TaskFiles] = []
-    for family in families:
-        name = f"{prefix}_{family}"
-        problems = heldout_problems(family, max_items_per_task, seed, world)
-        arith.append(
+    own: list[_TaskFiles] = []
+    for task in tasks:
+        name = f"{prefix}_{task.name}"
+        items = suite_items(task, max_items_per_task, seed)
+        own.append(
             _TaskFiles(
                 name=name,
-                family=family,
-                yaml_template=_task_yaml(name, family, max_gen_toks),
-                data=_task_data(problems),
-                n_items=len(problems),
+                task=task.name,
+                yaml_template=_task_yaml(name, task.name, max_gen_toks or task.max_new_tokens),
+                data=_task_data(task, items),
+                n_items=len(items),
+                grader=grader_fingerprint(task.grader),
             )
         )
     user_paths = tuple(Path(p).resolve() for p in include_paths)
@@ -386,13 +377,13 @@ def write_suite(
     if user and not user_paths and not include_defaults:
         raise ValueError("user tasks need include_paths (or include_defaults for built-in tasks)")
     _check_user_tasks(user_paths, user, include_defaults)
-    digest = suite_hash(arith, user_paths, user, include_defaults)
+    digest = suite_hash(own, user_paths, user, include_defaults)
 
-    tasks = tuple(SuiteTask(name=t.name, family=t.family, n_items=t.n_items) for t in arith) + user
+    specs = tuple(SuiteTask(name=t.name, task=t.task, n_items=t.n_items) for t in own) + user
     spec = SuiteSpec(
         root=out_dir,
         include_paths=(out_dir, *user_paths),
-        tasks=tasks,
+        tasks=specs,
         hash=digest,
         include_defaults=include_defaults,
     )
@@ -411,7 +402,7 @@ def write_suite(
     tmp.mkdir()
     try:
         _write_file(tmp / f"{METRIC_MODULE}.py", METRIC_SOURCE.encode("utf-8"))
-        for t in arith:
+        for t in own:
             data_name = f"{t.name}.jsonl"
             _write_file(tmp / data_name, t.data)
             # the final location: the folder is renamed into place below
@@ -434,7 +425,7 @@ def write_suite(
         "wrote suite %s at %s: %s",
         digest[:12],
         out_dir,
-        ", ".join(f"{t.name} ({t.n_items} items)" if t.n_items else t.name for t in tasks),
+        ", ".join(f"{t.name} ({t.n_items} items)" if t.n_items else t.name for t in specs),
     )
     return spec
 

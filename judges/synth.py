@@ -8,7 +8,7 @@ User feedback becomes data too (`feedback_data`). Judge health (agreement with
 verifiers, length bias, abstentions) is computed on every run; when agreement falls
 below the floor, no pair that only the judge decided is produced.
 
-Everything here is a typed, frozen record; nothing is stored (see `daemon/synth.py`).
+Everything here is a typed, frozen record; nothing is stored (see `daemon/synth_run.py`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,20 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+import annotated_types as at
 
 from judges.llm_judge import PointwiseJudge
 from judges.verifiers import normalize
+from stages.configs import (
+    Count,
+    NonNegativeInt,
+    Positive,
+    Share,
+    check_bounds,
+    per_run,
+)
 from stages.generate.api import AdapterRef, Chat, GenerationBackend, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -46,27 +57,48 @@ class PromptItem:
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """The knobs of one synthesis run (see the README's synthesis section)."""
+    """The knobs of synthesis (see the README's synthesis section): `tutord.toml`'s
+    `[synth]` table is validated against this class, and a run gets it with its seed set."""
 
-    n: int = 4
-    temperature: float = 0.8
-    top_p: float = 1.0
-    max_new_tokens: int = 32
-    seed: int = 0
-    sft_threshold: float = 0.8
-    pair_margin: float = 0.3
-    verifier_weight: float = 1.0
-    judge_weight: float = 0.5
-    agreement_floor: float = 0.6
-    min_agreement_rows: int = 5
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
+
+    prompts: Count = 64
+    """Prompts per synthesis run."""
+    n: Annotated[int, at.Ge(2)] = 4
+    """Candidates per prompt."""
+    temperature: Positive = 0.8
+    """Sampling temperature of the candidates."""
+    top_p: Annotated[float, at.Interval(gt=0, le=1)] = 1.0
+    """Nucleus sampling of the candidates (1: off)."""
+    max_new_tokens: Count = 24
+    """Longest candidate in tokens."""
+    seed: int = per_run(0, "the run's --seed or the cycle's seed")
+    """Random seed of the run (generation and judging)."""
+    sft_threshold: Share = 0.8
+    """Candidates whose combined reward (in [0, 1]) is at least this become SFT examples."""
+    pair_margin: Share = 0.3
+    """Best and worst candidate of a prompt become a preference pair when their rewards
+    differ by at least this."""
+    verifier_weight: Positive = 1.0
+    """Weight of the verifier's score in the combined reward."""
+    judge_weight: Positive = 0.5
+    """Weight of the judge's score in the combined reward."""
+    agreement_floor: Share = 0.6
+    """When the judge agrees with the verifiers on fewer verifiable candidates than this
+    share, no pair that only the judge decided is produced."""
+    min_agreement_rows: NonNegativeInt = 5
+    """Verifiable candidates needed to measure that agreement (fewer: no judge-only pairs)."""
+    interaction_share: Share = 0.5
+    """Share of prompts taken from recent interactions."""
+    recent_interactions: NonNegativeInt = 2000
+    """How many of the newest interactions count as recent."""
+    self_instruct: NonNegativeInt = 0
+    """New prompts the policy writes per run (Self-Instruct)."""
+    default_verifier: Literal["numeric", "exact", "normalized", "math", "none"] = "numeric"
+    """Verifier for prompts with a reference whose task has none of its own."""
 
     def __post_init__(self) -> None:
-        if self.n < 2:
-            raise ValueError("synthesis needs n >= 2 candidates per prompt")
-        if self.temperature <= 0:
-            raise ValueError("synthesis samples: temperature must be > 0")
-        if not 0 <= self.sft_threshold <= 1 or not 0 <= self.pair_margin <= 1:
-            raise ValueError("sft_threshold and pair_margin are on the [0, 1] reward scale")
+        check_bounds(self)
 
 
 @dataclass(frozen=True)
@@ -82,7 +114,7 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class SFTExample:
+class SFTItem:
     prompt: Chat
     completion: str
     task: str | None
@@ -130,7 +162,7 @@ class JudgeHealth:
 class SynthResult:
     prompts: list[PromptItem]
     candidates: list[Candidate]
-    sft: list[SFTExample]
+    sft: list[SFTItem]
     pairs: list[Pair]
     health: JudgeHealth
     dropped_ties: int
@@ -271,7 +303,7 @@ def synthesize(
     if not health.ok:
         log.info("synthesis: %s", health.message)  # callers show it (tutord synth, cycle)
 
-    sft: list[SFTExample] = []
+    sft: list[SFTItem] = []
     pairs: list[Pair] = []
     ties = 0
     for i, item in enumerate(prompts):
@@ -281,7 +313,7 @@ def synthesize(
             if c.reward >= config.sft_threshold and c.completion not in seen:  # type: ignore[operator]
                 seen.add(c.completion)
                 sft.append(
-                    SFTExample(item.prompt, c.completion, item.task, c.reward, "synth", i, c.index)
+                    SFTItem(item.prompt, c.completion, item.task, c.reward, "synth", i, c.index)
                 )
         if len(group) < 2:
             continue
@@ -330,7 +362,7 @@ class FeedbackItem:
     interaction_id: int | None = None
 
 
-def feedback_data(items: Sequence[FeedbackItem]) -> tuple[list[SFTExample], list[Pair]]:
+def feedback_data(items: Sequence[FeedbackItem]) -> tuple[list[SFTItem], list[Pair]]:
     """SFT examples and pairs from user feedback.
 
     A correction gives an SFT example (the correction) and a pair (correction over the
@@ -338,13 +370,13 @@ def feedback_data(items: Sequence[FeedbackItem]) -> tuple[list[SFTExample], list
     example. Thumbs up and down on different answers to the same prompt give
     pairs (each liked answer over each disliked one).
     """
-    sft: list[SFTExample] = []
+    sft: list[SFTItem] = []
     pairs: list[Pair] = []
     by_prompt: dict[str, list[FeedbackItem]] = {}
     for item in items:
         if item.rating == 1 and not item.correction:
             sft.append(
-                SFTExample(
+                SFTItem(
                     item.prompt,
                     item.answer,
                     item.task,
@@ -355,7 +387,7 @@ def feedback_data(items: Sequence[FeedbackItem]) -> tuple[list[SFTExample], list
             )
         if item.correction and item.correction.strip() and item.correction != item.answer:
             sft.append(
-                SFTExample(
+                SFTItem(
                     item.prompt,
                     item.correction,
                     item.task,

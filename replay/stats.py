@@ -1,7 +1,7 @@
 """Counts of what the database holds, for `tutord status`.
 
 Read-only aggregate queries over interactions, preference pairs, samples, judgments
-and the replay buffer. It does not format anything for people (see `daemon/cli.py`).
+and the replay buffer. It does not format anything for people (see `daemon/cli/`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ The reference policy is the production policy, frozen:
 
 The candidate is published to the adapter registry and a `StageResult` written to
 `output_dir/result.json`; guards, checkpoints and resuming are shared with the other stages
-(`stages/common.py`). It does not build preference pairs (judges/ do) or evaluate.
+(`stages.stage_run`, `stages.policy`). It does not build preference pairs (judges/ do) or evaluate.
 """
 
 from __future__ import annotations
@@ -25,83 +25,22 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from stages import common
+from stages import policy, process, stage_run, training_data
+from stages.configs import DPOStageConfig
 from stages.stage_io import ConfigError, StageResult, load_config, read_result
 
 log = logging.getLogger(__name__)
 
 STAGE = "dpo"
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass(frozen=True)
-class DPOStageConfig:
-    """Everything a DPO run reads; loaded from a JSON object with these keys (all optional
-    except `base_model`, `train_file` and `output_dir`; unknown keys are an error)."""
-
-    base_model: str = ""
-    """Folder (or hub id) of the base model and its tokenizer."""
-    parent_adapter: str | None = None
-    """Folder of the production adapter to continue from, or None for a fresh LoRA."""
-    train_file: str = ""
-    """JSONL file of `{"prompt": [...], "chosen": [...], "rejected": [...], "task": ...}` rows."""
-    output_dir: str = ""
-    """The run's work folder: checkpoints/, logs.jsonl, stage.log, stage_config.json (the
-    config as run), launch.log (under the launcher), result.json."""
-    adapters_dir: str | None = None
-    """The adapter registry to publish into; None keeps the adapter in `output_dir/adapter`."""
-    version: int | None = None
-    """The version number to publish the candidate as (required with `adapters_dir`)."""
-    parent_version: int | None = None
-    """The parent's version for the manifest; read from the parent's manifest when None."""
-    lora_r: int = 16
-    """LoRA rank of a fresh adapter (a parent adapter keeps its own LoRA settings)."""
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    """Module names to adapt, or ["all-linear"]."""
-    learning_rate: float = 5e-5
-    lr_scheduler_type: str = "linear"
-    """A transformers scheduler name: linear, cosine, constant, constant_with_warmup, ..."""
-    warmup_steps: int = 0
-    max_steps: int = 100
-    """Optimizer steps in all (a resumed run counts the steps before its checkpoint)."""
-    per_device_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    seed: int = 0
-    max_length: int = 1024
-    """Longest tokenized prompt + completion; longer ones are truncated."""
-    beta: float = 0.1
-    """DPO's beta: how far the policy may move from the reference (the production policy)."""
-    gradient_checkpointing: bool = False
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
-    """auto (float32 on CPU, bfloat16 on a GPU), float32 or bfloat16."""
-    max_seconds: float | None = None
-    """Wall-clock budget of the stage (from its start); training stops gracefully after the
-    step that spends it and the adapter is still published (`stopped_early`)."""
-    loss_explosion_factor: float | None = 10.0
-    """Fail the run when a logged loss exceeds this many times the first; None: off."""
-    save_steps: int = 50
-    """Checkpoint every this many steps under `output_dir/checkpoints`."""
-    save_total_limit: int | None = 2
-    """Checkpoints kept (older ones are deleted); None keeps all."""
-    resume: bool = True
-    """Resume from the newest complete checkpoint in `output_dir` when there is one."""
-    keep_checkpoints: bool = False
-    """Keep `output_dir/checkpoints` after a completed run (they are deleted by default)."""
-    logging_steps: int = 1
-    """Log (and guard) the loss every this many steps."""
-    threads: int = 1
-    """torch threads per process."""
 
 
 @dataclass
 class DPOSession:
     """A set-up DPO run: the shared `StageRun` plus where the reference comes from."""
 
-    run: common.StageRun
+    run: stage_run.StageRun
     reference: str
     """"ref-adapter" (a frozen copy of the parent) or "base" (adapter disabled)."""
 
@@ -123,45 +62,45 @@ def setup(config: DPOStageConfig) -> DPOSession:
     for name in ("base_model", "train_file", "output_dir"):
         if not getattr(config, name):
             raise ConfigError(f"{name} is required")
-    started = common.begin(config, STAGE)
-    parent_version = common.resolve_parent(
+    started = stage_run.begin(config, STAGE)
+    parent_version = policy.resolve_parent(
         config.parent_adapter, config.parent_version, config.base_model
     )
-    rows, summary = common.load_rows(config.train_file, ["prompt", "chosen", "rejected"])
+    rows, summary = training_data.load_rows(config.train_file, ["prompt", "chosen", "rejected"])
     _check_rows(rows, config.train_file)
-    dtype, bf16 = common.resolve_precision(config.precision)
-    lora = common.lora_config(
+    dtype, bf16 = process.resolve_precision(config.precision)
+    lora = policy.lora_config(
         config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules
     )
-    model, peft_config, tokenizer = common.load_policy(
+    model, peft_config, tokenizer = policy.load_policy(
         config.base_model, config.parent_adapter, lora=lora, dtype=dtype
     )
-    parent = common.trainable_adapter_state(model) if peft_config is None else None
+    parent = policy.trainable_adapter_state(model) if peft_config is None else None
     args = DPOConfig(
-        **common.training_kwargs(config, bf16=bf16),
+        **stage_run.training_kwargs(config, bf16=bf16),
         max_length=config.max_length,
         beta=config.beta,
     )
-    monitor = common.make_monitor(config, started)
+    monitor = stage_run.make_monitor(config, started)
     trainer = DPOTrainer(
         model=model,
         args=args,
-        train_dataset=common.to_dataset(rows),
+        train_dataset=training_data.to_dataset(rows),
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[monitor],
     )
-    common.quiet(trainer)
-    reference = common.check_reference(trainer, parent)
+    stage_run.quiet(trainer)
+    reference = policy.check_reference(trainer, parent)
     log.info("DPO reference policy: %s", reference)
-    run = common.StageRun(
+    run = stage_run.StageRun(
         stage=STAGE,
         config=config,
         trainer=trainer,
         monitor=monitor,
         dataset=summary,
         parent_version=parent_version,
-        resume_from=common.find_resume(config),
+        resume_from=stage_run.find_resume(config),
         started=started,
     )
     return DPOSession(run=run, reference=reference)
@@ -169,11 +108,11 @@ def setup(config: DPOStageConfig) -> DPOSession:
 
 def train(session: DPOSession) -> StageResult:
     """Train, publish (unless a guard failed) and write result.json."""
-    return common.execute(session.run)
+    return stage_run.execute(session.run)
 
 
 def cleanup(session: DPOSession | None) -> None:
-    common.cleanup(session.run if session else None)
+    stage_run.cleanup(session.run if session else None)
 
 
 def run(config: DPOStageConfig) -> StageResult:
@@ -199,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(DPOStageConfig, args.config)
     if config.output_dir:
-        common.configure_logging(Path(config.output_dir))
+        process.configure_logging(Path(config.output_dir))
     result = run(config)
     return 0 if result.ok else 1
 

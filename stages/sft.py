@@ -8,7 +8,7 @@ chat is split into a prompt (every turn but the last) and a completion (the last
 turn) and TRL's completion-only loss applies. Training continues from the production adapter
 (`parent_adapter`) or starts a fresh LoRA; the candidate is published to the adapter registry
 and a `StageResult` is written to `output_dir/result.json`. Guards, checkpoints and resuming
-are shared with the other stages (`stages/common.py`).
+are shared with the other stages (`stages.stage_run`, `stages.policy`).
 
 It does not choose data, evaluate or promote the adapter (the daemon, judges and evals do).
 """
@@ -21,81 +21,22 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from stages import common
+from stages import policy, process, stage_run, training_data
+from stages.configs import SFTStageConfig
 from stages.stage_io import ConfigError, StageResult, load_config, read_result
 
 log = logging.getLogger(__name__)
 
 STAGE = "sft"
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass(frozen=True)
-class SFTStageConfig:
-    """Everything an SFT run reads; loaded from a JSON object with these keys (all optional
-    except `base_model`, `train_file` and `output_dir`; unknown keys are an error)."""
-
-    base_model: str = ""
-    """Folder (or hub id) of the base model and its tokenizer."""
-    parent_adapter: str | None = None
-    """Folder of the production adapter to continue from, or None for a fresh LoRA."""
-    train_file: str = ""
-    """JSONL file of `{"messages": [...], "task": ...}` rows."""
-    output_dir: str = ""
-    """The run's work folder: checkpoints/, logs.jsonl, stage.log, stage_config.json (the
-    config as run), launch.log (under the launcher), result.json."""
-    adapters_dir: str | None = None
-    """The adapter registry to publish into; None keeps the adapter in `output_dir/adapter`."""
-    version: int | None = None
-    """The version number to publish the candidate as (required with `adapters_dir`)."""
-    parent_version: int | None = None
-    """The parent's version for the manifest; read from the parent's manifest when None."""
-    lora_r: int = 16
-    """LoRA rank of a fresh adapter (a parent adapter keeps its own LoRA settings)."""
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    """Module names to adapt, or ["all-linear"]."""
-    learning_rate: float = 2e-4
-    lr_scheduler_type: str = "linear"
-    """A transformers scheduler name: linear, cosine, constant, constant_with_warmup, ..."""
-    warmup_steps: int = 0
-    max_steps: int = 100
-    """Optimizer steps in all (a resumed run counts the steps before its checkpoint)."""
-    per_device_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    seed: int = 0
-    max_length: int = 1024
-    """Longest tokenized chat; longer ones are truncated."""
-    gradient_checkpointing: bool = False
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
-    """auto (float32 on CPU, bfloat16 on a GPU), float32 or bfloat16."""
-    max_seconds: float | None = None
-    """Wall-clock budget of the stage (from its start); training stops gracefully after the
-    step that spends it and the adapter is still published (`stopped_early`)."""
-    loss_explosion_factor: float | None = 10.0
-    """Fail the run when a logged loss exceeds this many times the first; None: off."""
-    save_steps: int = 50
-    """Checkpoint every this many steps under `output_dir/checkpoints`."""
-    save_total_limit: int | None = 2
-    """Checkpoints kept (older ones are deleted); None keeps all."""
-    resume: bool = True
-    """Resume from the newest complete checkpoint in `output_dir` when there is one."""
-    keep_checkpoints: bool = False
-    """Keep `output_dir/checkpoints` after a completed run (they are deleted by default)."""
-    logging_steps: int = 1
-    """Log (and guard) the loss every this many steps."""
-    threads: int = 1
-    """torch threads per process."""
 
 
 @dataclass
 class SFTSession:
     """A set-up SFT run: the shared `StageRun` plus the chosen loss mode."""
 
-    run: common.StageRun
+    run: stage_run.StageRun
     loss_mode: str
 
 
@@ -137,34 +78,34 @@ def setup(config: SFTStageConfig) -> SFTSession:
     for name in ("base_model", "train_file", "output_dir"):
         if not getattr(config, name):
             raise ConfigError(f"{name} is required")
-    started = common.begin(config, STAGE)
-    parent_version = common.resolve_parent(
+    started = stage_run.begin(config, STAGE)
+    parent_version = policy.resolve_parent(
         config.parent_adapter, config.parent_version, config.base_model
     )
-    rows, summary = common.load_rows(config.train_file, ["messages"])
+    rows, summary = training_data.load_rows(config.train_file, ["messages"])
     _check_rows(rows, config.train_file)
-    dtype, bf16 = common.resolve_precision(config.precision)
-    lora = common.lora_config(
+    dtype, bf16 = process.resolve_precision(config.precision)
+    lora = policy.lora_config(
         config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules
     )
-    model, peft_config, tokenizer = common.load_policy(
+    model, peft_config, tokenizer = policy.load_policy(
         config.base_model, config.parent_adapter, lora=lora, dtype=dtype
     )
     if has_generation_blocks(tokenizer):
         loss_mode = "assistant_only"
-        dataset = common.to_dataset(rows)
+        dataset = training_data.to_dataset(rows)
     else:
         loss_mode = "completion_only"
         log.info("the chat template has no generation blocks: training on the last turn")
-        dataset = common.to_dataset([to_prompt_completion(r) for r in rows])
+        dataset = training_data.to_dataset([to_prompt_completion(r) for r in rows])
     args = SFTConfig(
-        **common.training_kwargs(config, bf16=bf16),
+        **stage_run.training_kwargs(config, bf16=bf16),
         max_length=config.max_length,
         assistant_only_loss=loss_mode == "assistant_only",
         completion_only_loss=True if loss_mode == "completion_only" else None,
         packing=False,
     )
-    monitor = common.make_monitor(config, started)
+    monitor = stage_run.make_monitor(config, started)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -173,15 +114,15 @@ def setup(config: SFTStageConfig) -> SFTSession:
         peft_config=peft_config,
         callbacks=[monitor],
     )
-    common.quiet(trainer)
-    run = common.StageRun(
+    stage_run.quiet(trainer)
+    run = stage_run.StageRun(
         stage=STAGE,
         config=config,
         trainer=trainer,
         monitor=monitor,
         dataset=summary,
         parent_version=parent_version,
-        resume_from=common.find_resume(config),
+        resume_from=stage_run.find_resume(config),
         started=started,
     )
     return SFTSession(run=run, loss_mode=loss_mode)
@@ -189,11 +130,11 @@ def setup(config: SFTStageConfig) -> SFTSession:
 
 def train(session: SFTSession) -> StageResult:
     """Train, publish (unless a guard failed) and write result.json."""
-    return common.execute(session.run)
+    return stage_run.execute(session.run)
 
 
 def cleanup(session: SFTSession | None) -> None:
-    common.cleanup(session.run if session else None)
+    stage_run.cleanup(session.run if session else None)
 
 
 def run(config: SFTStageConfig) -> StageResult:
@@ -219,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(SFTStageConfig, args.config)
     if config.output_dir:
-        common.configure_logging(Path(config.output_dir))
+        process.configure_logging(Path(config.output_dir))
     result = run(config)
     return 0 if result.ok else 1
 

@@ -1,27 +1,30 @@
 """The torch-free side of the training stages: config files, datasets on disk, `StageResult`.
 
-`load_config(cls, path)` reads a stage's JSON config into its frozen dataclass (unknown keys
-and wrongly typed values are errors naming the key); `summarize_dataset` describes a JSONL
-training file (rows, rows per task, sha256); `StageResult` is the typed record a stage writes
-as `result.json` in its output folder and the launcher reads back (`read_result`,
-`write_result`, atomically). Nothing here imports torch, transformers or TRL, so the daemon and
-the launcher can use it without loading training code. It does not train, load models or
-publish adapters (see `stages/common.py` and the stage modules).
+`load_config(cls, path)` reads a stage's JSON config into its frozen dataclass (declared in
+`stages/configs.py`), validated by pydantic against the dataclass (unknown keys, wrongly
+typed and out-of-bounds values are errors naming the key), and `write_config` writes one;
+`summarize_dataset` describes a JSONL training file (rows, rows per task, sha256);
+`StageResult` is the typed record a stage writes as `result.json` in its output folder and
+the launcher reads back (`read_result`, `write_result`, atomically). Nothing here imports
+torch, transformers or TRL, so the daemon and the launcher can use it without loading
+training code. It does not train, load models or publish adapters (see `stages/stage_run.py`
+and the stage modules).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-import os
-import types
-import typing
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+
+from stages.atomic import write_atomic
 
 RESULT_FILE = "result.json"
 Status = Literal["completed", "failed"]
@@ -37,79 +40,56 @@ class ConfigError(ValueError):
 # -- configs --------------------------------------------------------------------------------
 
 
-def _check_value(key: str, value: Any, hint: Any) -> Any:
-    """`value` converted to `hint` (lists become tuples), or ConfigError naming `key`."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_value(key, value, option)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(
-            errors[0] if len(errors) == 1 else f"config key {key!r}: {value!r} fits none of {hint}"
-        )
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            raise ConfigError(
-                f"config key {key!r}: {value!r} is not one of {typing.get_args(hint)}"
-            )
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key!r}: expected a list, got {type(value).__name__}")
-        (item, *rest) = typing.get_args(hint)
-        if rest != [Ellipsis]:
-            raise ConfigError(f"config key {key!r}: unsupported type {hint}")  # pragma: no cover
-        return tuple(_check_value(key, v, item) for v in value)
-    if hint is Any:
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
-        return value
-    if hint in (str, bool):
-        if not isinstance(value, hint):
-            raise ConfigError(f"config key {key!r}: expected {hint.__name__}, got {value!r}")
-        return value
-    raise ConfigError(f"config key {key!r}: unsupported type {hint}")  # pragma: no cover
+@functools.cache
+def _adapter(cls: type[Any]) -> TypeAdapter[Any]:
+    return TypeAdapter(cls)
+
+
+def _config_error(cls: type[Any], exc: ValidationError) -> ConfigError:
+    """One message naming every offending key of a stage config."""
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "unexpected_keyword_argument":
+            problems.append(f"unknown config key {key!r} for {cls.__name__}")
+        elif key:
+            problems.append(f"config key {key!r}: {err['msg']}, got {err['input']!r}")
+        else:
+            problems.append(err["msg"])
+    if any(err["type"] == "unexpected_keyword_argument" for err in exc.errors()):
+        problems.append(f"known keys: {', '.join(known)}")
+    return ConfigError("; ".join(problems))
+
+
+def config_from_json(cls: type[C], text: str | bytes) -> C:
+    """An instance of the config dataclass `cls` from a JSON object, validated by pydantic
+    against the dataclass (strictly: "3" is not an integer); unknown keys and values of the
+    wrong type or out of bounds raise `ConfigError` naming the key; missing keys take their
+    defaults."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"a stage config must be a JSON object, not {type(data).__name__}")
+    try:
+        return _adapter(cls).validate_json(text, strict=True)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise _config_error(cls, exc) from None
 
 
 def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    """An instance of the config dataclass `cls` from `data`; unknown keys and values of the
-    wrong type raise `ConfigError` naming the key; missing keys take their defaults."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"a stage config must be a JSON object, not {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {unknown[0]!r} for {cls.__name__}"
-            + (f" (and {', '.join(map(repr, unknown[1:]))})" if len(unknown) > 1 else "")
-            + f"; known keys: {', '.join(sorted(fields))}"
-        )
-    hints = typing.get_type_hints(cls)
-    values = {key: _check_value(key, value, hints[key]) for key, value in data.items()}
-    return cls(**values)
+    """`config_from_json` of a dict of JSON-ready values."""
+    return config_from_json(cls, json.dumps(data))
 
 
 def load_config(cls: type[C], path: str | Path) -> C:
     """Read a stage config (a JSON object) from `path` into `cls`."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
-    return config_from_dict(cls, data)
+        return config_from_json(cls, Path(path).read_bytes())
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -118,11 +98,11 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def write_config(config: Any, path: str | Path) -> Path:
-    """Write a config dataclass as a JSON file that `load_config` reads back."""
+    """Write a config dataclass as a JSON file that `load_config` reads back, atomically
+    (temporary file, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config_to_dict(config), indent=2) + "\n", encoding="utf-8")
-    return path
+    return write_atomic(path, json.dumps(config_to_dict(config), indent=2) + "\n")
 
 
 # -- datasets -------------------------------------------------------------------------------
@@ -250,14 +230,8 @@ def write_result(result: StageResult, output_dir: str | Path) -> Path:
     """Write `result.json` into `output_dir` atomically (temporary file, fsync, rename)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / RESULT_FILE
-    tmp = output_dir / f".{RESULT_FILE}.{uuid.uuid4().hex[:8]}"
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+    return write_atomic(output_dir / RESULT_FILE, text)
 
 
 def read_result(output_dir: str | Path) -> StageResult | None:

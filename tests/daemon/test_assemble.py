@@ -12,10 +12,10 @@ from daemon.assemble import (
     TrainingRow,
     Watermarks,
     assemble,
-    curriculum_state,
     fresh_rl_prompts,
     fresh_rows,
 )
+from daemon.stage_choice import curriculum_state
 from replay.buffer import NewReplayItem, add_items
 from replay.db import session_scope
 from replay.models import Judgment, PreferencePair, Sample, SFTExample, SynthRun

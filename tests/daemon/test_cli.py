@@ -114,6 +114,17 @@ def test_bad_config_exits_2_naming_the_key(home: Path) -> None:
     assert code == 2 and "ingest.batch_size" in err
 
 
+@pytest.mark.parametrize("table", ["train.sft", "train.dpo", "train.rl", "synth"])
+def test_bad_stage_or_synth_key_exits_2_before_anything_runs(home: Path, table: str) -> None:
+    (home / "tutord.toml").write_text(f"[{table}]\nbogus = 1\n")
+    code, _, err = tutord(home, "cycle")
+    assert code == 2 and f"key '{table}.bogus'" in err and "unknown key" in err
+    assert not list((home / "cycles").iterdir())  # no cycle started
+    (home / "tutord.toml").write_text(f"[{table}]\nseed = 1\n")
+    code, _, err = tutord(home, "cycle")
+    assert code == 2 and f"key '{table}.seed'" in err and "each run" in err
+
+
 def test_home_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUTORD_HOME", str(tmp_path / "envhome"))
     result = runner.invoke(app, ["init"])

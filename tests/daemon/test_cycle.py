@@ -18,8 +18,8 @@ from daemon.models import AdapterVersion, Cycle, DriftSnapshot, EvalRun, GateDec
 from replay.db import make_engine, session_scope
 from replay.models import ReplayItem, SynthRun
 from stages import registry
-from stages.world.logs import generate_logs, write_jsonl
-from stages.world.pretrain import bootstrap
+from world.logs import generate_logs, write_jsonl
+from world.pretrain import bootstrap
 
 # One home, cycles in order: keep the whole module on one xdist worker.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cycle")]

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from daemon.cli import app
 from replay.db import make_engine, session_scope
 from replay.models import Judgment, PreferencePair, Sample, SFTExample, SynthRun
-from stages.world.logs import generate_logs, write_jsonl
-from stages.world.pretrain import bootstrap
+from world.logs import generate_logs, write_jsonl
+from world.pretrain import bootstrap
 
 runner = CliRunner()
 

@@ -1,7 +1,7 @@
 """Fixtures for the evals tests: the world's tiny random model saved to disk, LoRA adapters with
 random non-zero weights, and offline settings for lm-eval.
 
-The model is `stages.world.build_model` with random weights and an untied random output
+The model is `world.build_model` with random weights and an untied random output
 layer whose rows for the special tokens other than <|end|> are zeroed, so greedy text is
 made of ordinary characters (with tied embeddings a random model repeats its last token,
 here a special token, and decodes to empty text). Its answers are wrong, which the tests
@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from stages.generate.api import AdapterRef
-from stages.world.model import build_model
-from stages.world.tokenizer import END, SPECIAL_TOKENS, build_tokenizer
 from tests.lora_support import random_lora_adapter
+from world.model import build_model
+from world.tokenizer import END, SPECIAL_TOKENS, build_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -12,15 +12,14 @@ from pathlib import Path
 import pytest
 
 from evals.drift import (
-    DriftSnapshot,
+    VersionDrift,
     divergence,
     length_histogram,
     snapshot_from_run,
-    summarize,
     token_kl,
-    write_report,
 )
-from evals.run import EvalRun, TaskScore
+from evals.drift_report import summarize, write_report
+from evals.evaluation import Evaluation, TaskScore
 from stages.generate.api import AdapterRef
 
 PROBE_PROMPTS = [
@@ -105,7 +104,7 @@ def test_length_histogram() -> None:
         length_histogram([1], edges=(4, 2))
 
 
-def eval_run(scores: dict[str, list[float]], responses: list[str]) -> EvalRun:
+def eval_run(scores: dict[str, list[float]], responses: list[str]) -> Evaluation:
     tasks = {}
     for name, values in scores.items():
         ids = [f"{name}-{i}" for i in range(len(values))]
@@ -119,7 +118,7 @@ def eval_run(scores: dict[str, list[float]], responses: list[str]) -> EvalRun:
             items=dict(zip(ids, values, strict=True)),
             responses=dict(zip(ids, responses, strict=False)),
         )
-    return EvalRun(
+    return Evaluation(
         base_model="base",
         adapter_name="v1",
         adapter_hash="h",
@@ -141,16 +140,16 @@ def test_snapshot_from_run_and_round_trip() -> None:
     assert snap.task_scores == {"add": 0.5}
     assert snap.response_length_mean == pytest.approx((1 + 5 + 5 + 2) / 4)
     assert sum(snap.length_counts) == 4
-    assert DriftSnapshot.from_dict(json.loads(json.dumps(snap.to_dict()))) == snap
+    assert VersionDrift.from_dict(json.loads(json.dumps(snap.to_dict()))) == snap
     assert snap.traffic_distance is None  # no training mix to compare with
     with pytest.raises(TypeError):
         snap.task_scores["add"] = 1.0  # type: ignore[index]
 
 
-def snapshots() -> list[DriftSnapshot]:
+def snapshots() -> list[VersionDrift]:
     edges = (0, 2, 4, 8, 16)
     return [
-        DriftSnapshot(
+        VersionDrift(
             "base",
             task_scores={"add": 0.12, "sub": 0.30},
             task_metrics={"add": "exact-match", "sub": "exact-match"},
@@ -159,7 +158,7 @@ def snapshots() -> list[DriftSnapshot]:
             length_counts=(0, 2, 10, 6, 2),
             kl_from_base=0.0,
         ),
-        DriftSnapshot(
+        VersionDrift(
             "v1",
             task_scores={"add": 0.25, "sub": 0.31},
             task_metrics={"add": "exact-match", "sub": "exact-match"},
@@ -175,7 +174,7 @@ def snapshots() -> list[DriftSnapshot]:
             feedback_rates={"thumbs_up": 0.3, "thumbs_down": 0.1},
             events=({"kind": "promotion", "version": "v1", "at": "2026-01-02T00:00:00Z"},),
         ),
-        DriftSnapshot(
+        VersionDrift(
             "v2",
             task_scores={"add": 0.41, "sub": 0.29, "mul": 0.05},
             task_metrics={"add": "exact-match", "sub": "exact-match", "mul": "exact-match"},
@@ -254,7 +253,7 @@ def test_write_report(tmp_path: Path) -> None:
 
 
 def test_report_with_one_or_no_snapshot(tmp_path: Path) -> None:
-    only = [DriftSnapshot("base", task_scores={"add": 0.1})]
+    only = [VersionDrift("base", task_scores={"add": 0.1})]
     json_path, html_path = write_report(only, [], tmp_path / "one")
     assert json.loads(json_path.read_text())["series"]["task_scores"] == {"add": [0.1]}
     assert "First snapshot (base)" in html_path.read_text()

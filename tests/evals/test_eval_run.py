@@ -14,18 +14,13 @@ from typing import Any
 
 import pytest
 
+from evals.cache import EvalCache, adapter_hash
+from evals.evaluation import EvalSettings, Evaluation
 from evals.gate import GateRules, gate
-from evals.run import (
-    EvalCache,
-    EvalRun,
-    EvalSettings,
-    adapter_hash,
-    evaluate,
-    evaluate_pair,
-    model_args,
-)
+from evals.run import evaluate, model_args
 from evals.tasks import SuiteSpec, write_suite
 from stages.generate.api import AdapterRef, SamplingParams
+from tests.task_support import arith
 
 # -- a fake lm-eval --------------------------------------------------------------------------
 
@@ -130,7 +125,7 @@ def test_adapter_hash_is_content(tmp_path: Path) -> None:
 def test_parses_lm_eval_output(
     tmp_path: Path, world_model_dir: Path, fake_lm_eval: Callable[[SuiteSpec], FakeLmEval]
 ) -> None:
-    suite = write_suite(tmp_path / "suite", ["add", "mul"], 7)
+    suite = write_suite(tmp_path / "suite", arith("add", "mul"), 7)
     fake_lm_eval(suite)
     run = evaluate(world_model_dir, None, suite)
     assert list(run.tasks) == list(suite.task_names)
@@ -141,30 +136,33 @@ def test_parses_lm_eval_output(
         assert score.n == 7 and score.stderr == 0.1
         assert set(score.items.values()) <= {0.0, 1.0}
         assert score.score == pytest.approx(sum(score.items.values()) / 7)
-    again = EvalRun.from_dict(json.loads(json.dumps(run.to_dict())))
+    again = Evaluation.from_dict(json.loads(json.dumps(run.to_dict())))
     assert again == run
 
 
 def test_second_gate_evaluates_only_the_candidate(
     tmp_path: Path, world_model_dir: Path, fake_lm_eval: Callable[[SuiteSpec], FakeLmEval]
 ) -> None:
-    suite = write_suite(tmp_path / "suite", ["add", "sub"], 9)
+    suite = write_suite(tmp_path / "suite", arith("add", "sub"), 9)
     fake = fake_lm_eval(suite)
     cache = EvalCache(tmp_path / "cache")
     production = None  # the base is production at first
     first = AdapterRef("v1", fake_adapter(tmp_path / "v1", b"one"))
-    prod_run, cand_run = evaluate_pair(world_model_dir, production, first, suite, cache=cache)
+    prod_run = evaluate(world_model_dir, production, suite, cache=cache)
+    cand_run = evaluate(world_model_dir, first, suite, cache=cache)
     assert fake.calls == [None, str(first.path)]
     assert not prod_run.from_cache and not cand_run.from_cache
     gate(prod_run, cand_run, GateRules())
 
     second = AdapterRef("v2", fake_adapter(tmp_path / "v2", b"two"))
-    prod_run, cand_run = evaluate_pair(world_model_dir, production, second, suite, cache=cache)
+    prod_run = evaluate(world_model_dir, production, suite, cache=cache)
+    cand_run = evaluate(world_model_dir, second, suite, cache=cache)
     assert fake.calls == [None, str(first.path), str(second.path)]  # production from cache
     assert prod_run.from_cache and not cand_run.from_cache
 
     # v1 promoted: production is now v1, and its results are cached already
-    prod_run, _ = evaluate_pair(world_model_dir, first, second, suite, cache=cache)
+    prod_run = evaluate(world_model_dir, first, suite, cache=cache)
+    evaluate(world_model_dir, second, suite, cache=cache)
     assert len(fake.calls) == 3 and prod_run.from_cache and prod_run.adapter_name == "v1"
 
     # the same content under another name is the same adapter
@@ -173,7 +171,7 @@ def test_second_gate_evaluates_only_the_candidate(
     assert len(fake.calls) == 3
 
     # a changed suite or changed settings evaluate production again
-    suite2 = write_suite(tmp_path / "suite2", ["add", "sub"], 9, seed=5)
+    suite2 = write_suite(tmp_path / "suite2", arith("add", "sub"), 9, seed=5)
     fake.suite = suite2
     assert not evaluate(world_model_dir, None, suite2, cache=cache).from_cache
     assert not evaluate(
@@ -247,7 +245,7 @@ def test_lm_eval_end_to_end_on_the_tiny_model(
     user = user_tasks_dir
     suite = write_suite(
         tmp_path / "suite",
-        ["add", "sub", "mul"],
+        arith("add", "sub", "mul"),
         6,
         max_gen_toks=8,
         include_paths=[user],
@@ -263,7 +261,7 @@ def test_lm_eval_end_to_end_on_the_tiny_model(
         assert list(run.tasks) == list(suite.task_names)
         for task in suite.tasks:
             score = run.tasks[task.name]
-            if task.family is not None:
+            if task.task is not None:
                 rows = (tmp_path / "suite" / f"{task.name}.jsonl").read_text().splitlines()
                 assert list(score.items) == [json.loads(r)["id"] for r in rows]
             else:
@@ -324,7 +322,7 @@ def test_vllm_backend_agrees_with_hf(
         if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
             pytest.fail(missing)
         pytest.skip(missing)
-    suite = write_suite(tmp_path / "suite", ["add"], 6, max_gen_toks=8)
+    suite = write_suite(tmp_path / "suite", arith("add"), 6, max_gen_toks=8)
     settings = EvalSettings(batch_size=8, device="cpu")
     hf = evaluate(world_model_dir, world_adapter, suite, backend="hf", settings=settings)
     vllm = evaluate(world_model_dir, world_adapter, suite, backend="vllm", settings=settings)

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
+from evals.evaluation import Evaluation, TaskScore
 from evals.gate import GateRules, compare, gate, mcnemar_exact, paired_bootstrap_ci
-from evals.run import EvalRun, TaskScore
 
 N = 200
 
@@ -36,9 +36,9 @@ def flip(items: dict[str, float], lose: int, win: int, seed: int = 1) -> dict[st
 
 def runs(
     prod: dict[str, dict[str, float]], cand: dict[str, dict[str, float]], suite: str = "s" * 64
-) -> tuple[EvalRun, EvalRun]:
-    def make(tasks: dict[str, dict[str, float]], name: str | None) -> EvalRun:
-        return EvalRun(
+) -> tuple[Evaluation, Evaluation]:
+    def make(tasks: dict[str, dict[str, float]], name: str | None) -> Evaluation:
+        return Evaluation(
             base_model="base",
             adapter_name=name,
             adapter_hash=name or "base",

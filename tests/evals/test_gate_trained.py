@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from evals.cache import EvalCache
 from evals.gate import GateRules, gate
-from evals.run import EvalCache, evaluate
+from evals.run import evaluate
 from evals.tasks import write_suite
 from stages.generate.api import AdapterRef
 from stages.launch import LaunchConfig, run_stage
-from stages.world.pretrain import bootstrap
-from stages.world.tasks import families
+from tests.task_support import arith
+from world.pretrain import bootstrap
+from world.tasks import families
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("gate-trained")]
 
@@ -56,7 +58,7 @@ def test_worse_rejected_better_promoted_cache_reused(tmp_path: Path) -> None:
     bootstrap(base, max_steps=300, seed=0, threads=1)
     good = sft(base, rows(0), tmp_path / "good", None, 250)
     bad = sft(base, rows(3), tmp_path / "bad", str(good), 150)
-    suite = write_suite(tmp_path / "suite", ["add"], 100, seed=0)
+    suite = write_suite(tmp_path / "suite", arith("add"), 100, seed=0)
     cache = EvalCache(tmp_path / "cache")
     base_run = evaluate(base, None, suite, cache=cache)
     good_run = evaluate(base, AdapterRef("good", good), suite, cache=cache)
@@ -65,15 +67,14 @@ def test_worse_rejected_better_promoted_cache_reused(tmp_path: Path) -> None:
 
     better = gate(base_run, good_run, rules)
     assert better.passed, better.reason
-    assert good_run.score("tutord_arith_add") > base_run.score("tutord_arith_add") + 0.1
+    assert good_run.score("tutord_add") > base_run.score("tutord_add") + 0.1
 
     worse = gate(good_run, bad_run, rules)
     assert not worse.passed
-    assert "regression on tutord_arith_add" in worse.reason
-    assert worse.task("tutord_arith_add").regression
+    assert "regression on tutord_add" in worse.reason
+    assert worse.task("tutord_add").regression
 
     again = evaluate(base, AdapterRef("good", good), suite, cache=cache)
     assert (
-        again.from_cache
-        and again.tasks["tutord_arith_add"].items == good_run.tasks["tutord_arith_add"].items
+        again.from_cache and again.tasks["tutord_add"].items == good_run.tasks["tutord_add"].items
     )

@@ -1,10 +1,11 @@
 """The suite writer: held-out items only, stable ids and hashes, atomic and idempotent writes,
-user task folders, and a metric that scores the final integer 0/1."""
+user task folders, and a metric that grades each item with its task's own grader, 0/1."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -15,8 +16,9 @@ from evals.tasks import (
     user_suite,
     write_suite,
 )
-from stages.world.split import is_heldout
-from stages.world.tasks import families
+from tests.task_support import arith, successor_task
+from world.split import is_heldout
+from world.tasks import families
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -24,8 +26,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_writes_heldout_items_with_ids(tmp_path: Path) -> None:
-    spec = write_suite(tmp_path / "suite", ["add", "sub", "mul"], max_items_per_task=20, seed=3)
-    assert spec.task_names == ("tutord_arith_add", "tutord_arith_sub", "tutord_arith_mul")
+    spec = write_suite(
+        tmp_path / "suite", arith("add", "sub", "mul"), max_items_per_task=20, seed=3
+    )
+    assert spec.task_names == ("tutord_add", "tutord_sub", "tutord_mul")
     assert spec.include_paths == (tmp_path / "suite",)
     root = tmp_path / "suite"
     assert (root / f"{METRIC_MODULE}.py").is_file()
@@ -35,42 +39,45 @@ def test_writes_heldout_items_with_ids(tmp_path: Path) -> None:
         assert len(rows) == task.n_items == 20
         assert all(is_heldout(r["prompt"]) for r in rows)  # never a training prompt
         assert len({r["id"] for r in rows}) == 20
-        family = families()[task.family]
+        answers = {p.prompt: p.answer for p in families()[task.task].all_problems("heldout")}
         for r in rows:
-            assert r["reference"] == family.answer(r["a"], r["b"])
+            assert r["reference"] == answers[r["prompt"]]
+            assert r["grader"] == "world.verify:verify_integer" and r["task"] == task.task
         text = (root / f"{task.name}.yaml").read_text(encoding="utf-8")
         assert "output_type: generate_until" in text
-        assert '"<|end|>"' in text and "do_sample: false" in text
+        assert "until: []" in text and "do_sample: false" in text
         assert json.dumps(str(root / f"{task.name}.jsonl")) in text
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
 
 
 def test_all_heldout_items_without_a_cap(tmp_path: Path) -> None:
-    spec = write_suite(tmp_path / "s", ["mul"], max_items_per_task=None)
+    spec = write_suite(tmp_path / "s", arith("mul"), max_items_per_task=None)
     expected = len(families()["mul"].all_problems("heldout"))
     assert spec.tasks[0].n_items == expected
-    assert len(read_jsonl(tmp_path / "s" / "tutord_arith_mul.jsonl")) == expected
+    assert len(read_jsonl(tmp_path / "s" / "tutord_mul.jsonl")) == expected
 
 
 def test_hash_is_content_not_location(tmp_path: Path) -> None:
-    a = write_suite(tmp_path / "a", ["add", "sub"], 10, seed=0)
-    b = write_suite(tmp_path / "b", ["add", "sub"], 10, seed=0)
+    a = write_suite(tmp_path / "a", arith("add", "sub"), 10, seed=0)
+    b = write_suite(tmp_path / "b", arith("add", "sub"), 10, seed=0)
     assert a.hash == b.hash
-    assert write_suite(tmp_path / "c", ["add", "sub"], 10, seed=1).hash != a.hash
-    assert write_suite(tmp_path / "d", ["add", "sub"], 11, seed=0).hash != a.hash
-    assert write_suite(tmp_path / "e", ["add"], 10, seed=0).hash != a.hash
-    assert write_suite(tmp_path / "f", ["add", "sub"], 10, seed=0, max_gen_toks=8).hash != a.hash
+    assert write_suite(tmp_path / "c", arith("add", "sub"), 10, seed=1).hash != a.hash
+    assert write_suite(tmp_path / "d", arith("add", "sub"), 11, seed=0).hash != a.hash
+    assert write_suite(tmp_path / "e", arith("add"), 10, seed=0).hash != a.hash
+    assert (
+        write_suite(tmp_path / "f", arith("add", "sub"), 10, seed=0, max_gen_toks=8).hash != a.hash
+    )
 
 
 def test_rewrite_is_idempotent_and_replaces_changes(tmp_path: Path) -> None:
     root = tmp_path / "suite"
-    first = write_suite(root, ["add"], 5)
-    mtime = (root / "tutord_arith_add.yaml").stat().st_mtime_ns
-    assert write_suite(root, ["add"], 5) == first
-    assert (root / "tutord_arith_add.yaml").stat().st_mtime_ns == mtime  # left as it was
-    changed = write_suite(root, ["add", "mul"], 5)
+    first = write_suite(root, arith("add"), 5)
+    mtime = (root / "tutord_add.yaml").stat().st_mtime_ns
+    assert write_suite(root, arith("add"), 5) == first
+    assert (root / "tutord_add.yaml").stat().st_mtime_ns == mtime  # left as it was
+    changed = write_suite(root, arith("add", "mul"), 5)
     assert changed.hash != first.hash
-    assert (root / "tutord_arith_mul.yaml").is_file()
+    assert (root / "tutord_mul.yaml").is_file()
     assert read_suite(root) == changed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["suite"]
 
@@ -78,43 +85,64 @@ def test_rewrite_is_idempotent_and_replaces_changes(tmp_path: Path) -> None:
 def test_user_tasks_join_the_suite(tmp_path: Path, user_tasks_dir: Path) -> None:
     user = user_tasks_dir
     spec = write_suite(
-        tmp_path / "suite", ["add"], 5, include_paths=[user], user_tasks=["user_echo"]
+        tmp_path / "suite", arith("add"), 5, include_paths=[user], user_tasks=["user_echo"]
     )
-    assert spec.task_names == ("tutord_arith_add", "user_echo")
+    assert spec.task_names == ("tutord_add", "user_echo")
     assert spec.include_paths == (tmp_path / "suite", user)
     assert spec.task("user_echo") == SuiteTask(name="user_echo")
     before = spec.hash
     (user / "echo.jsonl").write_text('{"question": "Say 9.", "answer": "9"}\n', encoding="utf-8")
     after = write_suite(
-        tmp_path / "suite", ["add"], 5, include_paths=[user], user_tasks=["user_echo"]
+        tmp_path / "suite", arith("add"), 5, include_paths=[user], user_tasks=["user_echo"]
     )
     assert after.hash != before  # the user's data is part of the hash
     only_user = user_suite([user], ["user_echo"])
     assert only_user.root is None and only_user.task_names == ("user_echo",)
     with pytest.raises(ValueError, match="no_such_task"):
-        write_suite(tmp_path / "x", ["add"], 5, include_paths=[user], user_tasks=["no_such_task"])
+        write_suite(
+            tmp_path / "x", arith("add"), 5, include_paths=[user], user_tasks=["no_such_task"]
+        )
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match="div"):
-        write_suite(tmp_path / "s", ["div"], 5)
+    with pytest.raises(ValueError, match="repeat"):
+        write_suite(tmp_path / "s", arith("add", "add"), 5)
     with pytest.raises(ValueError):
         write_suite(tmp_path / "s", [], 5)
     with pytest.raises(ValueError):
-        write_suite(tmp_path / "s", ["add"], 0)
+        write_suite(tmp_path / "s", arith("add"), 0)
+    with pytest.raises(ValueError, match="no held-out items"):
+        write_suite(tmp_path / "s", [successor_task([])], 5)
     assert not (tmp_path / "s").exists()
 
 
-def test_metric_scores_the_final_integer(tmp_path: Path) -> None:
+def _metric(path: Path) -> ModuleType:
     import importlib.util
 
-    write_suite(tmp_path / "s", ["add"], 3)
-    path = tmp_path / "s" / f"{METRIC_MODULE}.py"
     module_spec = importlib.util.spec_from_file_location("metric_under_test", path)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    doc = {"reference": "7"}
+    return module
+
+
+def test_metric_grades_with_the_items_grader(tmp_path: Path) -> None:
+    spec = write_suite(tmp_path / "s", [successor_task([("What comes after 17?", "18")])], None)
+    assert spec.task_names == ("tutord_successor",)
+    module = _metric(tmp_path / "s" / f"{METRIC_MODULE}.py")
+    (row,) = read_jsonl(tmp_path / "s" / "tutord_successor.jsonl")
+    assert row["grader"] == "numeric" and row["reference"] == "18"
+    assert module.process_results(row, ["It is 18."]) == {"exact_match": 1.0}
+    assert module.process_results(row, ["18.5"]) == {"exact_match": 0.0}
+    exact = dict(row, grader="exact")
+    assert module.process_results(exact, ["It is 18."]) == {"exact_match": 0.0}
+    assert module.process_results(exact, ["18"]) == {"exact_match": 1.0}
+
+
+def test_metric_scores_the_final_integer(tmp_path: Path) -> None:
+    write_suite(tmp_path / "s", arith("add"), 3)
+    module = _metric(tmp_path / "s" / f"{METRIC_MODULE}.py")
+    doc = {"reference": "7", "prompt": "q", "grader": "world.verify:verify_integer"}
     assert module.process_results(doc, ["7"]) == {"exact_match": 1.0}
     assert module.process_results(doc, ["3+4=7"]) == {"exact_match": 1.0}
     assert module.process_results(doc, ["The answer is 7."]) == {"exact_match": 1.0}
@@ -128,15 +156,15 @@ def test_lm_eval_loads_the_tasks(tmp_path: Path, user_tasks_dir: Path) -> None:
 
     user = user_tasks_dir
     spec = write_suite(
-        tmp_path / "s", ["add", "sub"], 4, include_paths=[user], user_tasks=["user_echo"]
+        tmp_path / "s", arith("add", "sub"), 4, include_paths=[user], user_tasks=["user_echo"]
     )
     manager = TaskManager(include_path=[str(p) for p in spec.include_paths], include_defaults=False)
     loaded = manager.load(list(spec.task_names))["tasks"]
     assert set(loaded) == set(spec.task_names)
-    add = loaded["tutord_arith_add"]
+    add = loaded["tutord_add"]
     docs = list(add.test_docs())
     assert len(docs) == 4
-    assert add.config.generation_kwargs["until"] == ["<|end|>"]
+    assert add.config.generation_kwargs["until"] == []  # lm-eval adds the eos token
     assert add.config.generation_kwargs["max_gen_toks"] == 16
     assert add.doc_to_text(docs[0]) == docs[0]["prompt"]
     assert add.doc_to_target(docs[0]) == docs[0]["reference"]

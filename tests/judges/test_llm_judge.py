@@ -104,8 +104,8 @@ def test_pairwise_asks_both_orders_and_abstains_on_position_bias() -> None:
 @pytest.mark.slow
 def test_with_a_real_tiny_model_verdicts_are_parsed_or_abstain(tmp_path: Path) -> None:
     from stages.generate.hf import TransformersBackend
-    from stages.world.model import build_model
-    from stages.world.tokenizer import build_tokenizer
+    from world.model import build_model
+    from world.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, seed=0)

@@ -16,8 +16,8 @@ from judges.synth import (
     synthesize,
 )
 from stages.generate.api import SamplingParams
-from stages.world.verify import verify_integer
 from tests.judges.scripted import ScriptedBackend
+from world.verify import verify_integer
 
 Q = [{"role": "user", "content": "What is 3+4?"}]
 OPEN = [{"role": "user", "content": "Tell me something about seven."}]
@@ -159,8 +159,8 @@ def test_self_instruct_dedupes() -> None:
 @pytest.mark.slow
 def test_same_seed_same_result_with_a_real_tiny_model(tmp_path: Path) -> None:
     from stages.generate.hf import TransformersBackend
-    from stages.world.model import build_model
-    from stages.world.tokenizer import build_tokenizer
+    from world.model import build_model
+    from world.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
     build_model(tok, seed=0).save_pretrained(tmp_path / "m")

@@ -1,4 +1,5 @@
-"""Tests of the replay buffer (`replay.buffer`): adding, counts, sampling policies, eviction.
+"""Tests of the replay buffer: adding, counts, eviction (`replay.buffer`), sampling policies
+(`replay.sampling`) and the allocation maths (`replay.allocation`).
 
 Database tests run on SQLite and PostgreSQL (`db_engine`); the allocation maths is
 checked on its own with hypothesis. Statistical checks use bounds several standard
@@ -20,21 +21,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, event, select, text
 
-from replay import buffer
+from replay import buffer, sampling
+from replay.allocation import proportional, water_fill
 from replay.buffer import (
     NewReplayItem,
-    ReplayRow,
     add_items,
     counts,
     evict,
     eviction_quotas,
     rand_key_for,
-    sample,
-    water_fill,
 )
 from replay.db import make_engine
 from replay.models import ReplayItem
 from replay.records import content_hash
+from replay.sampling import ReplayRow, sample
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICIES = ("uniform", "stratified", "recency", "priority")
@@ -323,7 +323,7 @@ def test_runs_follow_rand_key_then_id_order_through_ties(db_engine: Engine) -> N
             ).all()
         )
         cursor = conn.connection.cursor()
-        reader = buffer._Reader(conn, cursor, "sft")
+        reader = sampling._Reader(conn, cursor, "sft")
         rng = random.Random(0)
         for _ in range(150):
             i = rng.randrange(len(order))
@@ -349,7 +349,7 @@ def test_walk_steps_over_long_runs_of_tied_keys(db_engine: Engine) -> None:
     ids = {i for i, _, _ in all_rows(db_engine)}
     with db_engine.connect() as conn:
         cursor = conn.connection.cursor()
-        reader = buffer._Reader(conn, cursor, "sft")
+        reader = sampling._Reader(conn, cursor, "sft")
         for start in (0.0, 0.3, rand_key_for(content_hash(["sft", "t", {"dup": 1}])), 0.99):
             taken: dict[int, object] = {}
             for n in range(1, 251):  # one at a time: each walk reads past what is taken
@@ -545,7 +545,7 @@ def test_proportional_allocation_is_exact_in_sum_and_close(
     if total == 0:
         return
     k = data.draw(st.integers(min_value=0, max_value=total))
-    quotas = buffer._proportional(sizes, k, random.Random(data.draw(st.integers(0, 99))))
+    quotas = proportional(sizes, k, random.Random(data.draw(st.integers(0, 99))))
     assert sum(quotas) == k
     for q, s in zip(quotas, sizes, strict=True):
         assert 0 <= q <= s

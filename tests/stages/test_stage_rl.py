@@ -58,7 +58,7 @@ def config(world: dict[str, Path], out: Path, **kw: object) -> rl.RLStageConfig:
         "lora_r": 4,
         "lora_alpha": 8,
         "target_modules": TARGETS,
-        "reward_functions": (f"{SUPPORT}:digit_share", "stages.world.verify:verify_integer"),
+        "reward_functions": (f"{SUPPORT}:digit_share", "world.verify:verify_integer"),
     }
     values.update(kw)
     return rl.RLStageConfig(**values)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from stages import registry, sft
-from stages.common import latest_checkpoint
+from stages.checkpoints import latest_checkpoint
 from stages.stage_io import ConfigError, load_config, read_result, write_config
 from tests.stages.test_stage_support import (
     adapter_weights,

@@ -20,9 +20,9 @@ from safetensors.torch import load_file
 from stages import registry
 from stages.sft import SFTStageConfig
 from stages.stage_io import StageResult
-from stages.world.model import build_model
-from stages.world.tasks import families
-from stages.world.tokenizer import build_tokenizer
+from world.model import build_model
+from world.tasks import families
+from world.tokenizer import build_tokenizer
 
 torch.set_num_threads(1)  # conftest sets OMP_NUM_THREADS=1; the stages use `threads` too
 

@@ -18,9 +18,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from stages.generate.api import AdapterRef
-from stages.world.model import build_model
-from stages.world.tokenizer import END, SPECIAL_TOKENS, build_tokenizer
 from tests.lora_support import random_lora_adapter
+from world.model import build_model
+from world.tokenizer import END, SPECIAL_TOKENS, build_tokenizer
 
 LORA_RANK = 8
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -15,7 +15,7 @@ import pytest
 from stages.generate import AdapterRef, GenerationBackend, SamplingParams, make_backend
 from stages.generate.chat import decode_completion, encode_prompts, stop_token_ids
 from stages.generate.openai_http import BackendError, OpenAIBackend
-from stages.world.tokenizer import build_tokenizer
+from world.tokenizer import build_tokenizer
 
 
 def test_sampling_params_validation() -> None:

@@ -1,0 +1,99 @@
+"""Generated interaction logs: valid for ingest, deterministic, the intended mix; the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from daemon.cli.world_commands import world_app
+from replay.records import parse_record
+from world.corpus import CorpusStream, sample_text
+from world.logs import generate_logs
+from world.split import split_of
+from world.tasks import get_family
+from world.tokenizer import build_tokenizer
+from world.verify import verify_integer
+
+
+@pytest.mark.parametrize("task", ["add", "sub", "mul"])
+def test_logs_parse_for_ingest(task: str) -> None:
+    records = generate_logs(task, 300, seed=2)
+    for line in (json.dumps(r) for r in records):
+        normalized = parse_record(json.loads(line))  # raises RecordError if invalid
+        assert normalized.table == "interactions"
+        assert normalized.row["task"] == task
+    assert len({r["id"] for r in records}) == 300
+
+
+def test_logs_mix_and_truth() -> None:
+    records = generate_logs("add", 400, seed=0)
+    kinds = Counter()
+    for r in records:
+        fb = r.get("feedback")
+        reply = r["messages"][-1]["content"]
+        score = verify_integer([r["messages"][0]["content"]], [reply], reference=[r["reference"]])
+        assert score == [1.0 if r["metadata"]["correct"] else 0.0]
+        if fb is None:
+            kinds["none"] += 1
+        elif fb["rating"] == 1:
+            assert r["metadata"]["correct"]
+            kinds["up"] += 1
+        elif "correction" in fb:
+            assert not r["metadata"]["correct"]
+            assert verify_integer(["q"], [fb["correction"]], reference=[r["reference"]]) == [1.0]
+            kinds["corrected"] += 1
+        else:
+            assert fb["rating"] == -1 and not r["metadata"]["correct"]
+            kinds["down"] += 1
+    assert all(kinds[k] > 20 for k in ("none", "up", "corrected", "down"))
+    assert all(split_of(r["messages"][0]["content"]) == "train" for r in records)
+
+
+def test_logs_deterministic() -> None:
+    assert generate_logs("sub", 50, seed=5) == generate_logs("sub", 50, seed=5)
+    assert generate_logs("sub", 50, seed=5) != generate_logs("sub", 50, seed=6)
+
+
+def test_corpus_has_no_chat_and_no_heldout_questions() -> None:
+    text = sample_text(3000, seed=0)
+    assert "<|" not in text
+    lines = text.splitlines()
+    questions = {
+        p.prompt for name in ("add", "sub", "mul") for p in get_family(name).all_problems()
+    }
+    asked = [line for line in lines if line in questions]
+    assert asked and all(split_of(q) == "train" for q in asked)
+    assert text == sample_text(3000, seed=0)
+
+
+def test_corpus_blocks() -> None:
+    tok = build_tokenizer()
+    stream = iter(CorpusStream(tok, seed=0))
+    block = next(stream)
+    assert block["input_ids"].shape == (64,)
+    assert int(block["input_ids"][0]) == tok.bos_token_id
+    assert block["labels"].tolist() == block["input_ids"].tolist()
+    again = next(iter(CorpusStream(tok, seed=0)))
+    assert again["input_ids"].tolist() == block["input_ids"].tolist()
+
+
+def test_cli_logs_stdout_and_file(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(world_app, ["logs", "--task", "mul", "--n", "20", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 20
+    for line in lines:
+        parse_record(json.loads(line))
+    out = tmp_path / "logs" / "mul.jsonl"
+    result = runner.invoke(
+        world_app, ["logs", "--task", "mul", "--n", "20", "--seed", "3", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.read_text().splitlines() == lines
+    bad = runner.invoke(world_app, ["logs", "--task", "div"])
+    assert bad.exit_code == 2

@@ -1,0 +1,118 @@
+"""The pretraining corpus: an endless, seeded stream of plain arithmetic text.
+
+Lines are equations ("3+4=7"), spelled-out facts ("3 plus 4 is 7.", "The sum of 3 and 4 is
+7.") and bare questions in the tasks' phrasings without their answers ("Compute 3 plus
+4."), only from the train side of the split. They are packed, newline-separated, into
+fixed-length blocks that start with `<|bos|>`. There is no chat markup and no question
+followed by its answer, so a model pretrained on it is fluent in the world's text but has
+never answered a question. It does not train anything.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset
+from transformers import PreTrainedTokenizerBase
+
+from world.config import WorldConfig
+from world.tasks import Problem, TaskFamily, families
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """What the pretraining text is made of."""
+
+    families: tuple[str, ...] = ("add", "sub", "mul")
+    equation_weight: float = 0.75
+    """Share of lines like '3+4=7'."""
+    statement_weight: float = 0.2
+    """Share of lines like '3 plus 4 is 7.' or '3 + 4 = 7'."""
+    question_weight: float = 0.05
+    """Share of bare questions (no answer), train split only."""
+    block_size: int = 64
+    """Tokens per training sequence, `<|bos|>` included."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["families"] = list(self.families)
+        return out
+
+
+class CorpusLines:
+    """Draws corpus lines from a seeded generator."""
+
+    def __init__(self, corpus: CorpusConfig, world: WorldConfig, seed: int) -> None:
+        known = families(world)
+        self.families: list[TaskFamily] = [known[name] for name in corpus.families]
+        self.questions: dict[str, list[Problem]] = {
+            f.name: f.all_problems("train") for f in self.families
+        }
+        self.kinds = ("equation", "statement", "question")
+        self.weights = (corpus.equation_weight, corpus.statement_weight, corpus.question_weight)
+        self.rng = random.Random(f"corpus:{seed}")
+
+    def line(self) -> str:
+        rng = self.rng
+        family = rng.choice(self.families)
+        kind = rng.choices(self.kinds, self.weights)[0]
+        if kind == "question":
+            return rng.choice(self.questions[family.name]).prompt
+        a, b = rng.choice(family.operand_pairs)
+        form = 0 if kind == "equation" else rng.randrange(1, len(family.statements))
+        return family.statement(a, b, form)
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            yield self.line()
+
+
+def sample_text(
+    n_lines: int,
+    seed: int = 0,
+    corpus: CorpusConfig | None = None,
+    world: WorldConfig | None = None,
+) -> str:
+    """`n_lines` lines of corpus text, newline-joined (for inspection and tests)."""
+    lines = CorpusLines(corpus or CorpusConfig(), world or WorldConfig(), seed)
+    return "\n".join(lines.line() for _ in range(n_lines))
+
+
+class CorpusStream(IterableDataset):
+    """Endless `{"input_ids", "attention_mask", "labels"}` blocks of `block_size` tokens.
+
+    Each block is `<|bos|>` followed by whole lines (the last one cut at the block's end).
+    The same seed gives the same stream; each new iteration starts it afresh.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        seed: int,
+        corpus: CorpusConfig | None = None,
+        world: WorldConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.corpus = corpus or CorpusConfig()
+        self.world = world or WorldConfig()
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        lines = CorpusLines(self.corpus, self.world, self.seed)
+        size = self.corpus.block_size
+        while True:
+            text = ""
+            while len(text) < size:  # one token per character, plus <|bos|>
+                text += lines.line() + "\n"
+            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"][:size]
+            input_ids = torch.tensor(ids, dtype=torch.long)
+            yield {
+                "input_ids": input_ids,
+                "attention_mask": torch.ones_like(input_ids),
+                "labels": input_ids.clone(),
+            }

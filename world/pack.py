@@ -1,0 +1,64 @@
+"""The arith world as a task pack: one `judges.tasks.Task` per released family.
+
+`arith_tasks(step, release)` returns the families live at `step` of the release schedule
+as tasks: their grader is the world's integer check (`world.verify:verify_integer`), their
+references are the world's exact answers, their held-out items are the family's held-out
+split, and their pool is its training split. This is the only way the rest of tutord
+reaches the world's tasks. It imports no torch and does not train or generate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cache
+
+from judges.tasks import Task, TaskItem
+from world.config import WorldConfig
+from world.schedule import DEFAULT_RELEASE, live_families
+from world.tasks import Problem, TaskFamily, families
+
+GRADER = "world.verify:verify_integer"
+MAX_NEW_TOKENS = 16
+"""Longest answer the suite generates: the world's tokens are characters."""
+
+
+def _item(problem: Problem) -> TaskItem:
+    return TaskItem(problem.messages(), problem.answer)
+
+
+def _task(family: TaskFamily) -> Task:
+    @cache
+    def heldout() -> tuple[TaskItem, ...]:
+        ordered = sorted(family.all_problems("heldout"), key=lambda p: (p.a, p.b, p.phrasing))
+        return tuple(_item(p) for p in ordered)
+
+    def pool(n: int, seed: int) -> Sequence[TaskItem]:
+        return [_item(p) for p in family.sample_problems(n, seed=seed, split="train", unique=True)]
+
+    return Task(
+        name=family.name,
+        grader=GRADER,
+        references="the world's exact answers (every prompt has one)",
+        heldout=heldout,
+        pool=pool,
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
+
+
+def arith_tasks(
+    step: int, release: Mapping[str, int] | None = None, config: WorldConfig | None = None
+) -> list[Task]:
+    """The world's families released at `step` (a count of finished cycles), as tasks.
+
+    >>> [t.name for t in arith_tasks(1)]
+    ['add', 'sub']
+    >>> add = arith_tasks(0)[0]
+    >>> add.is_heldout(add.heldout()[0].prompt), add.is_heldout(add.pool(1, 0)[0].prompt)
+    (True, False)
+    """
+    known = families(config)
+    schedule = DEFAULT_RELEASE if release is None else release
+    unknown = sorted(set(schedule) - set(known))
+    if unknown:
+        raise KeyError(f"release schedule names unknown families {unknown}; known: {list(known)}")
+    return [_task(known[name]) for name in live_families(step, schedule)]
