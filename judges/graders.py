@@ -24,6 +24,7 @@ from typing import Any
 
 from judges import verifiers
 from judges.verifiers import Verifier
+from stages.dotted import import_object
 
 BUILTIN: dict[str, Verifier] = {
     "exact": verifiers.exact_match,
@@ -92,11 +93,8 @@ def resolve_grader(spec: str) -> Verifier:
         except (OSError, ValueError) as exc:
             raise GraderError(f"grader {spec!r}: cannot read the schema: {exc}") from exc
         return verifiers.json_schema(schema)
-    module_name, _, attribute = spec.partition(":")
     try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
+        target = import_object(spec)
     except (ImportError, AttributeError) as exc:
         raise GraderError(f"grader {spec!r}: cannot import it: {exc}") from exc
     if not callable(target):

@@ -22,7 +22,6 @@ It does not write reward functions (judges/ and the world do) or evaluate.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from typing import Any
 
 from stages import policy, process, stage_run, training_data
 from stages.configs import RLStageConfig
+from stages.dotted import import_object
 from stages.monitor import StageMonitor
 from stages.stage_io import ConfigError, StageResult, load_config, read_result
 
@@ -57,13 +57,10 @@ def resolve_reward(path: str) -> Callable[..., list[float | None]]:
     >>> resolve_reward("world.verify:verify_integer").__name__
     'verify_integer'
     """
-    module_name, sep, attribute = path.partition(":")
-    if not sep or not module_name or not attribute:
+    if path.count(":") != 1 or path.startswith(":") or path.endswith(":"):
         raise ConfigError(f"reward function {path!r}: expected 'module:function'")
     try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
+        target = import_object(path)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"reward function {path!r} cannot be imported: {exc}") from None
     if not callable(target):
@@ -74,7 +71,7 @@ def resolve_reward(path: str) -> Callable[..., list[float | None]]:
         def named(*args: Any, **kwargs: Any) -> list[float | None]:
             return scorer(*args, **kwargs)
 
-        named.__name__ = attribute.rsplit(".", 1)[-1]
+        named.__name__ = path.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
         return named
     return target
 

@@ -5,9 +5,7 @@ a promotion restores the previous adapter and the report marks it."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from daemon.models import AdapterVersion, Cycle, DriftSnapshot, EvalRun, GateDec
 from replay.db import make_engine, session_scope
 from replay.models import ReplayItem, SynthRun
 from stages import registry
+from tests.cli_support import run_tutord
 from world.logs import generate_logs, write_jsonl
 from world.pretrain import bootstrap
 
@@ -39,17 +38,7 @@ FAST = {
 
 
 def tutord(home: Path, *args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **FAST}
-    env.pop("TUTORD_FAULT", None)
-    if fault:
-        env["TUTORD_FAULT"] = fault
-    return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "--home", str(home), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_tutord(home, *args, env={**FAST, "TUTORD_FAULT": fault or ""})
 
 
 @pytest.fixture(scope="module")

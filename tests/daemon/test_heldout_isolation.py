@@ -5,9 +5,7 @@ the cycle folders, in the synthesized data or in the replay tables."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from sqlalchemy import select
 from daemon.models import Cycle
 from replay.db import make_engine, session_scope
 from replay.models import PreferencePair, ReplayItem, Sample, SFTExample, SynthRun
+from tests.cli_support import run_tutord
 from world.logs import generate_logs, write_jsonl
 from world.pretrain import bootstrap
 
@@ -35,13 +34,7 @@ FAST = {
 
 
 def tutord(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "--home", str(home), *args],
-        env={**os.environ, **FAST},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_tutord(home, *args, env=FAST)
 
 
 def test_heldout_logs_never_reach_training_data(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ generated default file; the stage and synthesis tables validated against their d
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -202,3 +203,49 @@ def test_home_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("TUTORD_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert resolve_home(None).root == tmp_path / ".local/share/tutord"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('[tasks.successor]\ngrader = "numeric"\nbogus = 1\n', "key 'tasks.successor.bogus'"),
+        ('[tasks.successor]\ngrader = "fuzzy"\n', "key 'tasks.successor.grader'"),
+        ('[tasks.successor]\ngrader = "regex:[0-9"\n', "key 'tasks.successor.grader'"),
+        ("[tasks.successor]\nheldout_percent = 120\n", "key 'tasks.successor.heldout_percent'"),
+        ('[tasks."no spaces"]\ngrader = "exact"\n', "key 'tasks.no spaces"),
+        ('task_packs = ["chess"]\n', "key 'task_packs.0'"),
+    ],
+)
+def test_a_bad_task_table_is_refused_naming_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "tutord.toml").write_text(text)
+    with pytest.raises(SettingsError) as info:
+        load_settings(tmp_path)
+    assert needle in str(info.value), str(info.value)
+
+
+def test_a_declared_task_loads_with_its_items_and_split(tmp_path: Path) -> None:
+    from daemon.home import Home
+    from daemon.tasks import TaskError, load_tasks
+
+    rows = [{"prompt": f"What comes after {i}?", "reference": str(i + 1)} for i in range(200)]
+    (tmp_path / "succ.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "tutord.toml").write_text(
+        'task_packs = []\n[tasks.successor]\ngrader = "numeric"\nprompts = "succ.jsonl"\n'
+        "heldout_percent = 20\n"
+    )
+    home = Home(tmp_path)
+    tasks = load_tasks(home, load_settings(tmp_path), step=0)
+    assert list(tasks) == ["successor"]
+    task = tasks["successor"]
+    heldout = {item.text for item in task.heldout()}
+    pool = {item.text for item in task.pool(500, 0)}
+    assert 25 <= len(heldout) <= 55 and len(heldout) + len(pool) == 200
+    assert not heldout & pool
+    some_heldout, some_train = sorted(heldout)[0], sorted(pool)[0]
+    assert task.is_heldout("  " + some_heldout.replace(" ", "  "))  # matched by normalized text
+    assert not task.is_heldout(some_train)
+    (tmp_path / "succ.jsonl").write_text(
+        '{"prompt": "What comes after 1?", "reference": "2"}\n{"prompt": 3}\n'
+    )
+    with pytest.raises(TaskError, match=r"succ\.jsonl:2: reference"):
+        load_tasks(home, load_settings(tmp_path), step=0)

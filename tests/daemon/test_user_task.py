@@ -4,9 +4,7 @@ ingest, synthesis, a cycle, the gate and the report on the world's model, with n
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from sqlalchemy import select
 from daemon.models import Cycle, GateDecision
 from replay.db import make_engine, session_scope
 from replay.models import Sample, SFTExample
+from tests.cli_support import run_tutord
 from world.pretrain import bootstrap
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("user-task")]
@@ -49,14 +48,7 @@ max_items = 10
 
 
 def tutord(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "--home", str(home), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_tutord(home, *args)
 
 
 def test_a_task_declared_in_the_config_runs_the_whole_loop(tmp_path: Path) -> None:

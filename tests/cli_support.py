@@ -1,0 +1,29 @@
+"""Running `tutord` as a real subprocess in tests, with extra environment variables."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def run_tutord(
+    home: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """`python -m daemon.cli --home HOME ARGS...` with `env` added to this environment (an
+    empty value removes the variable); output captured as text."""
+    full = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key, value in (env or {}).items():
+        if value:
+            full[key] = value
+        else:
+            full.pop(key, None)
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "--home", str(home), *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
