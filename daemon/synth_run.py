@@ -3,7 +3,9 @@
 It gathers prompts (recent interactions with their references, the live tasks' prompt
 pools, and optionally Self-Instruct prompts written by the policy), leaving out every
 task's held-out items, runs `judges.synth.synthesize` with the production policy, turns user
-feedback into data with `judges.synth.feedback_data`, and stores samples, judgments,
+feedback into data with `judges.feedback` (feedback the task's grader contradicts is
+counted, not trained on), teaches the self-judge from answers of known quality
+(`judges.judge_training`), and stores samples, judgments,
 SFT examples and preference pairs with their provenance (run, adapter, scorers, raw
 verdicts) in one transaction. The scoring itself is in `judges/`.
 """
@@ -30,16 +32,16 @@ from daemon.policy import (
 )
 from daemon.settings import Settings
 from daemon.tasks import live_tasks
+from judges.feedback import FeedbackItem, check_feedback, feedback_data
 from judges.graders import resolve_grader
+from judges.judge_training import JUDGE_TASK, judge_examples
 from judges.llm_judge import COMPACT_POINTWISE_TEMPLATE, POINTWISE_TEMPLATE, PointwiseJudge
 from judges.synth import (
-    FeedbackItem,
     Pair,
     PromptItem,
     SFTItem,
     SynthConfig,
     SynthResult,
-    feedback_data,
     prompt_hash,
     self_instruct,
     synthesize,
@@ -79,6 +81,10 @@ class SynthSummary:
     health: dict[str, Any]
     heldout_excluded: int = 0
     """Prompts left out because they are held-out items of a task."""
+    judge_sft_new: int = 0
+    """New judge-training examples (rubric prompt -> verdict) from verified answers."""
+    contradictions: int = 0
+    """Feedback the task's grader contradicts: counted, not trained on."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,7 +198,7 @@ def _pair_row(
         "chosen_sample_id": chosen_id,
         "rejected_sample_id": rejected_id,
         "margin": pair.margin,
-        "meta": {"judge_only": pair.judge_only, "synth_run_id": run_id},
+        "meta": {"judge_decided": pair.judge_decided, "synth_run_id": run_id},
         "occurred_at": None,
         "created_at": utcnow(),
     }
@@ -208,6 +214,8 @@ def store(
     feedback: tuple[list[SFTItem], list[Pair]],
     cycle_id: int | None = None,
     heldout_excluded: int = 0,
+    judge_sft: list[SFTItem] | None = None,
+    contradictions: int = 0,
 ) -> SynthSummary:
     """Write one run's samples, judgments, SFT examples and pairs in one transaction."""
     with session_scope(engine) as session:
@@ -287,6 +295,15 @@ def store(
             [_pair_row(p, run.id, None, None) for p in feedback[1]],
             ["record_key"],  # type: ignore[arg-type]
         )
+        judge_new = insert_ignoring_duplicates(
+            conn,
+            SFTExample.__table__,
+            [
+                _sft_row(e, run.id, sample_ids.get((e.prompt_index, e.candidate_index)))  # type: ignore[arg-type]
+                for e in judge_sft or []
+            ],
+            ["record_key"],  # type: ignore[arg-type]
+        )
         origins: dict[str, int] = {}
         for item in result.prompts:
             origins[item.origin] = origins.get(item.origin, 0) + 1
@@ -298,6 +315,8 @@ def store(
             "feedback_pairs_new": fb_pairs,
             "prompts_by_origin": origins,
             "heldout_excluded": heldout_excluded,
+            "judge_sft_new": judge_new,
+            "feedback_contradictions": contradictions,
         }
         run.health = health
         run.finished_at = utcnow()
@@ -313,6 +332,8 @@ def store(
             result.dropped_ties,
             health,
             heldout_excluded,
+            judge_new,
+            contradictions,
         )
 
 
@@ -398,7 +419,7 @@ def run_synth(
             judge=judge,
             config=config,
         )
-        feedback = feedback_data(
+        checked = check_feedback(
             [
                 FeedbackItem(
                     r.messages[:-1],
@@ -407,12 +428,34 @@ def run_synth(
                     r.feedback_correction,
                     r.task,
                     r.id,
+                    r.reference,
                 )
                 for r in interactions
                 if (r.feedback_rating is not None or r.feedback_correction)
                 and prompt_key(r.messages[:-1]) not in heldout
-            ]
+            ],
+            verifier_for(settings, tasks),
         )
+        feedback = feedback_data(checked.consistent)
+        judge_sft: list[SFTItem] = []
+        if judge is not None and separate_judge is None and config.judge_share > 0:
+            # the policy judges itself: teach it from answers whose quality is known
+            wanted = len(result.sft) + len(feedback[0])
+            limit = round(config.judge_share / (1 - config.judge_share) * max(wanted, 1))
+            for example in judge_examples(result.known + checked.known, judge.render, limit, seed):
+                answer = example.answer
+                judge_sft.append(
+                    SFTItem(
+                        example.prompt,
+                        example.completion,
+                        JUDGE_TASK,
+                        None,
+                        "judge",
+                        answer.prompt_index,
+                        answer.candidate_index,
+                        answer.interaction_id,
+                    )
+                )
     finally:
         if own_backend:
             policy.close()
@@ -428,4 +471,6 @@ def run_synth(
         feedback=feedback,
         cycle_id=cycle_id,
         heldout_excluded=excluded,
+        judge_sft=judge_sft,
+        contradictions=len(checked.contradictions),
     )

@@ -4,9 +4,13 @@ For each prompt the policy writes K candidates (temperature > 0); each candidate
 scored by the prompt's verifier (when it has a reference) and by the judge; the scores
 combine into one reward. SFT examples are candidates at or above a threshold;
 preference pairs are best versus worst with at least a minimum margin (ties dropped).
-User feedback becomes data too (`feedback_data`). Judge health (agreement with
-verifiers, length bias, abstentions) is computed on every run; when agreement falls
-below the floor, no pair that only the judge decided is produced.
+User feedback becomes data in `judges/feedback.py`. Candidates a grader scored, outside the
+judge's held-out prompts, are returned as `known` answers for judge training
+(`judges/judge_training.py`). Judge health (agreement with verifiers on the judge's
+held-out prompts, length bias, abstentions) is computed on every run. A pair whose order
+the verifiers do not decide (no verifier score on a side, or equal scores) is
+JUDGE-DECIDED and is labelled so; like an SFT example whose reward rests on the judge
+alone, it is made only while judge health is at or above the floor.
 
 Everything here is a typed, frozen record; nothing is stored (see `daemon/synth_run.py`).
 """
@@ -23,6 +27,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import annotated_types as at
 
+from judges.judge_training import KnownAnswer, in_judge_holdout
 from judges.llm_judge import PointwiseJudge
 from judges.verifiers import normalize
 from stages.configs import (
@@ -96,6 +101,12 @@ class SynthConfig:
     """New prompts the policy writes per run (Self-Instruct)."""
     default_verifier: Literal["numeric", "exact", "normalized", "math", "none"] = "numeric"
     """Verifier for prompts with a reference whose task has none of its own."""
+    judge_share: Annotated[float, at.Interval(ge=0, lt=1)] = 0.2
+    """Share of a run's SFT examples that are judge-training examples made from answers of
+    known quality (graded candidates, ratings, corrections); 0: the judge is not trained."""
+    judge_holdout_percent: Annotated[int, at.Interval(ge=0, le=100)] = 30
+    """Prompts (by a stable hash) whose candidates never become judge-training examples;
+    judge health is measured on them (0: on every verifiable candidate)."""
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -133,7 +144,8 @@ class Pair:
     task: str | None
     margin: float | None
     origin: str  # synth | feedback
-    judge_only: bool = False
+    judge_decided: bool = False
+    """The verifiers did not order the two answers (a side unscored, or equal scores)."""
     prompt_index: int | None = None
     chosen_index: int | None = None
     rejected_index: int | None = None
@@ -167,6 +179,8 @@ class SynthResult:
     health: JudgeHealth
     dropped_ties: int
     counts: dict[str, int] = field(default_factory=dict)
+    known: list[KnownAnswer] = field(default_factory=list)
+    """Graded candidates outside the judge's held-out prompts: judge-training material."""
 
 
 def prompt_hash(prompt: Chat) -> str:
@@ -195,14 +209,19 @@ def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     )
 
 
-def judge_health(candidates: Sequence[Candidate], config: SynthConfig) -> JudgeHealth:
-    """Agreement with verifiers, length bias and abstentions of the judge on a run."""
+def judge_health(
+    candidates: Sequence[Candidate], config: SynthConfig, measured: set[int] | None = None
+) -> JudgeHealth:
+    """Agreement with verifiers (on the candidates of the prompts in `measured`, all when
+    None), length bias and abstentions of the judge on a run."""
     judged = [c for c in candidates if "judge" in c.scores]
     abstained = sum(1 for c in judged if c.scores["judge"] is None)
     both = [
         (c.scores["judge"], c.scores["verifier"])
         for c in judged
-        if c.scores["judge"] is not None and c.scores.get("verifier") is not None
+        if c.scores["judge"] is not None
+        and c.scores.get("verifier") is not None
+        and (measured is None or c.prompt_index in measured)
     ]
     agreement = (
         sum(1 for j, v in both if (j >= 0.5) == (v >= 0.5)) / len(both) if both else None  # type: ignore[operator]
@@ -219,19 +238,26 @@ def judge_health(candidates: Sequence[Candidate], config: SynthConfig) -> JudgeH
         ok = False
         message = (
             f"judge agreement unknown ({len(both)} verifiable judged candidates, "
-            f"need {config.min_agreement_rows}): no judge-only pairs"
+            f"need {config.min_agreement_rows}): no judge-decided pairs"
         )
     elif agreement < config.agreement_floor:
         ok = False
         message = (
             f"JUDGE UNRELIABLE: agrees with verifiers on {agreement:.0%} of {len(both)} "
-            f"candidates, below the floor {config.agreement_floor:.0%}: no judge-only pairs"
+            f"candidates, below the floor {config.agreement_floor:.0%}: no judge-decided pairs"
         )
     else:
         ok, message = True, f"judge agrees with verifiers on {agreement:.0%} of {len(both)}"
     return JudgeHealth(
         len(judged), abstained, agreement, len(both), length_r, config.agreement_floor, ok, message
     )
+
+
+def judge_decided(best: Candidate, worst: Candidate) -> bool:
+    """Whether only the judge ordered two candidates: the verifiers scored neither, one, or
+    both equally."""
+    a, b = best.scores.get("verifier"), worst.scores.get("verifier")
+    return a is None or b is None or a == b
 
 
 def _combine(scores: Mapping[str, float | None], config: SynthConfig) -> float | None:
@@ -299,7 +325,10 @@ def synthesize(
         candidates.append(
             Candidate(i, j, text, scores, _combine(scores, config), tuple(judge_raw[k]))
         )
-    health = judge_health(candidates, config)
+    holdout = {
+        i for i, p in enumerate(prompts) if in_judge_holdout(p.key, config.judge_holdout_percent)
+    }
+    health = judge_health(candidates, config, holdout or None)
     if not health.ok:
         log.info("synthesis: %s", health.message)  # callers show it (tutord synth, cycle)
 
@@ -310,6 +339,9 @@ def synthesize(
         group = [c for c in candidates if c.prompt_index == i and c.reward is not None]
         seen: set[str] = set()
         for c in sorted(group, key=lambda c: (-c.reward, c.index)):  # type: ignore[operator]
+            judge_alone = c.scores.get("verifier") is None
+            if judge_alone and not health.ok:
+                continue
             if c.reward >= config.sft_threshold and c.completion not in seen:  # type: ignore[operator]
                 seen.add(c.completion)
                 sft.append(
@@ -323,8 +355,7 @@ def synthesize(
         if margin < config.pair_margin or best.completion == worst.completion:
             ties += 1
             continue
-        judge_only = best.scores.get("verifier") is None and worst.scores.get("verifier") is None
-        if judge_only and not health.ok:
+        if judge_decided(best, worst) and not health.ok:
             continue
         pairs.append(
             Pair(
@@ -334,7 +365,7 @@ def synthesize(
                 item.task,
                 round(margin, 6),
                 "synth",
-                judge_only,
+                judge_decided(best, worst),
                 i,
                 best.index,
                 worst.index,
@@ -347,86 +378,21 @@ def synthesize(
         "pairs": len(pairs),
         "ties_dropped": ties,
     }
-    return SynthResult(prompts, candidates, sft, pairs, health, ties, counts)
-
-
-@dataclass(frozen=True)
-class FeedbackItem:
-    """An answered prompt with the user's feedback."""
-
-    prompt: Chat
-    answer: str
-    rating: int | None = None
-    correction: str | None = None
-    task: str | None = None
-    interaction_id: int | None = None
-
-
-def feedback_data(items: Sequence[FeedbackItem]) -> tuple[list[SFTItem], list[Pair]]:
-    """SFT examples and pairs from user feedback.
-
-    A correction gives an SFT example (the correction) and a pair (correction over the
-    original answer); an answer the user liked (thumbs up, no correction) gives an SFT
-    example. Thumbs up and down on different answers to the same prompt give
-    pairs (each liked answer over each disliked one).
-    """
-    sft: list[SFTItem] = []
-    pairs: list[Pair] = []
-    by_prompt: dict[str, list[FeedbackItem]] = {}
-    for item in items:
-        if item.rating == 1 and not item.correction:
-            sft.append(
-                SFTItem(
-                    item.prompt,
-                    item.answer,
-                    item.task,
-                    None,
-                    "feedback",
-                    interaction_id=item.interaction_id,
-                )
-            )
-        if item.correction and item.correction.strip() and item.correction != item.answer:
-            sft.append(
-                SFTItem(
-                    item.prompt,
-                    item.correction,
-                    item.task,
-                    None,
-                    "feedback",
-                    interaction_id=item.interaction_id,
-                )
-            )
-            pairs.append(
-                Pair(
-                    item.prompt,
-                    item.correction,
-                    item.answer,
-                    item.task,
-                    None,
-                    "feedback",
-                    interaction_id=item.interaction_id,
-                )
-            )
-        if item.rating in (-1, 1):
-            by_prompt.setdefault(prompt_hash(item.prompt), []).append(item)
-    for group in by_prompt.values():
-        liked = [g for g in group if g.rating == 1]
-        disliked = [g for g in group if g.rating == -1]
-        for up in liked:
-            for down in disliked:
-                if up.answer != down.answer:
-                    pairs.append(
-                        Pair(
-                            up.prompt,
-                            up.answer,
-                            down.answer,
-                            up.task or down.task,
-                            None,
-                            "feedback",
-                            interaction_id=up.interaction_id,
-                        )
-                    )
-    return sft, pairs
+    known = [
+        KnownAnswer(
+            prompts[c.prompt_index].prompt,
+            c.completion,
+            float(c.scores["verifier"]) >= 1.0,  # type: ignore[arg-type]
+            prompts[c.prompt_index].task,
+            "grader",
+            c.prompt_index,
+            c.index,
+            prompts[c.prompt_index].interaction_id,
+        )
+        for c in candidates
+        if c.scores.get("verifier") is not None and c.prompt_index not in holdout
+    ]
+    return SynthResult(prompts, candidates, sft, pairs, health, ties, counts, known)
 
 
 SELF_INSTRUCT_TEMPLATE = (

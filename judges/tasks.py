@@ -72,6 +72,9 @@ class Task:
     """An lm-eval task folder of the user's, evaluated beside the held-out items."""
     lm_eval_tasks: tuple[str, ...] = ()
     """lm-eval task names in that folder."""
+    answer_format: str | None = None
+    """A grader spec scoring 1.0 when an answer has the task's format (it parses), right or
+    wrong; None: the task declares no format. The curriculum's parse rate reads it."""
 
     @cached_property
     def heldout_keys(self) -> frozenset[str]:

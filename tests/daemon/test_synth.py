@@ -67,6 +67,7 @@ def test_synth_stores_everything_with_provenance_and_is_reproducible(
     health = summary["health"]
     assert {"agreement", "length_correlation", "abstention_rate", "ok", "message"} <= set(health)
     assert summary["feedback_sft_new"] > 0 and summary["feedback_pairs_new"] > 0
+    assert summary["judge_sft_new"] > 0  # the self-judge is taught from verified answers
 
     snapshots = []
     for home in homes:
@@ -81,6 +82,10 @@ def test_synth_stores_everything_with_provenance_and_is_reproducible(
             assert all(j.raw is not None for j in judgments if j.scorer.startswith("judge"))
             sft = s.execute(select(SFTExample)).scalars().all()
             for row in sft:
+                if row.origin == "judge":  # from a graded candidate or from feedback
+                    assert row.sample_id is not None or row.interaction_id is not None
+                    assert row.task == "judge" and "Score: " in row.completion
+                    continue
                 assert (row.sample_id is not None) == (row.origin == "synth")
                 assert (row.interaction_id is not None) == (row.origin == "feedback")
             pairs = s.execute(select(PreferencePair)).scalars().all()

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from judges.feedback import FeedbackItem, feedback_data
 from judges.llm_judge import PointwiseJudge
 from judges.synth import (
-    FeedbackItem,
     PromptItem,
     SynthConfig,
-    feedback_data,
     self_instruct,
     synthesize,
 )
@@ -52,7 +51,7 @@ def test_scores_threshold_and_pairs() -> None:
     assert [c.scores["verifier"] for c in result.candidates] == [1.0, 1.0, 0.0, 0.0]
     assert [e.completion for e in result.sft] == ["7", "3+4=7"]
     [pair] = result.pairs
-    assert (pair.chosen, pair.rejected, pair.margin, pair.judge_only) == ("7", "8", 1.0, False)
+    assert (pair.chosen, pair.rejected, pair.margin, pair.judge_decided) == ("7", "8", 1.0, False)
     assert (pair.chosen_index, pair.rejected_index) == (0, 2)
     assert backend.requests[0][1].n == 4 and backend.requests[0][1].temperature == 0.8
 
@@ -86,7 +85,7 @@ def _judged(verdict_for_right: str, verdict_for_wrong: str) -> ScriptedBackend:
 @pytest.mark.parametrize(
     ("right", "wrong", "healthy"), [("Score: 5", "Score: 1", True), ("Score: 1", "Score: 5", False)]
 )
-def test_judge_health_gates_judge_only_pairs(right: str, wrong: str, healthy: bool) -> None:
+def test_judge_health_gates_judge_decided_pairs(right: str, wrong: str, healthy: bool) -> None:
     backend = _judged(right, wrong)
     prompts = [PromptItem(Q, "add", "7")] * 3 + [PromptItem(OPEN, "chat", None)]
     result = synthesize(
@@ -95,19 +94,83 @@ def test_judge_health_gates_judge_only_pairs(right: str, wrong: str, healthy: bo
         adapter=None,
         verifier_for=verifier_for,
         judge=PointwiseJudge(backend),
-        config=SynthConfig(n=4, min_agreement_rows=5),
+        config=SynthConfig(n=4, min_agreement_rows=5, judge_holdout_percent=0),
     )
     health = result.health
     assert health.judged == 16 and health.abstentions == 0 and health.agreement_rows == 12
     assert health.agreement == (1.0 if healthy else 0.0)
     assert health.ok is healthy
-    judge_only = [p for p in result.pairs if p.judge_only]
+    decided = [p for p in result.pairs if p.judge_decided]
     if healthy:
-        assert [(p.chosen, p.rejected) for p in judge_only] == [("seven", "blue")]
+        assert [(p.chosen, p.rejected) for p in decided] == [("seven", "blue")]
     else:
-        assert judge_only == [] and "JUDGE UNRELIABLE" in health.message
+        assert decided == [] and "JUDGE UNRELIABLE" in health.message
     # Verifiable prompts still give pairs either way (the verifier outweighs the judge).
-    assert sum(1 for p in result.pairs if not p.judge_only) == 3
+    assert sum(1 for p in result.pairs if not p.judge_decided) == 3
+
+
+@pytest.mark.parametrize("healthy", [True, False])
+def test_a_pair_of_two_wrong_answers_is_judge_decided(healthy: bool) -> None:
+    """Equal verifier scores do not order a pair: the judge alone does, so the pair follows
+    the judge-health floor and says so in its provenance."""
+    scores = {"7": 5, "8": 1, "5": 5, "6": 0} if healthy else {"7": 1, "8": 5, "5": 5, "6": 0}
+
+    def reply(text: str, params: SamplingParams) -> list[str]:
+        if "<response>" in text:
+            answer = text.split("<response>")[1].split("</response>")[0]
+            return [f"Score: {scores[answer]}"]
+        if "3+4" in text:
+            return ["7", "8", "7", "8"][: params.n]
+        return ["5", "6", "5", "6"][: params.n]
+
+    backend = ScriptedBackend(reply)
+    two_plus_two = [{"role": "user", "content": "What is 2+2?"}]
+    result = synthesize(
+        [PromptItem(Q, "add", "7"), PromptItem(two_plus_two, "add", "4")],
+        backend,
+        adapter=None,
+        verifier_for=verifier_for,
+        judge=PointwiseJudge(backend),
+        config=SynthConfig(n=4, pair_margin=0.1, judge_holdout_percent=0),
+    )
+    assert result.health.ok is healthy
+    both_wrong = [p for p in result.pairs if p.prompt == two_plus_two]
+    if healthy:
+        assert [(p.chosen, p.rejected, p.judge_decided) for p in both_wrong] == [("5", "6", True)]
+    else:
+        assert both_wrong == []
+    verified = [p for p in result.pairs if p.prompt == Q]
+    assert [(p.chosen, p.rejected, p.judge_decided) for p in verified] == [("7", "8", False)]
+
+
+def test_judge_health_is_measured_on_prompts_held_out_from_judge_training() -> None:
+    from judges.judge_training import in_judge_holdout
+    from judges.synth import prompt_hash
+
+    questions = [[{"role": "user", "content": f"What is {i}+1?"}] for i in range(20)]
+
+    def reply(text: str, params: SamplingParams) -> list[str]:
+        if "<response>" in text:
+            return ["Score: 5"]
+        i = int(text.split("What is ")[1].split("+")[0])
+        return [str(i + 1), str(i + 2)][: params.n]
+
+    backend = ScriptedBackend(reply)
+    result = synthesize(
+        [PromptItem(q, "add", str(i + 1)) for i, q in enumerate(questions)],
+        backend,
+        adapter=None,
+        verifier_for=verifier_for,
+        judge=PointwiseJudge(backend),
+        config=SynthConfig(n=2, judge_holdout_percent=40),
+    )
+    held = [q for q in questions if in_judge_holdout(prompt_hash(q), 40)]
+    assert 0 < len(held) < len(questions)
+    assert result.health.agreement_rows == 2 * len(held)  # only held-out prompts measured
+    assert result.health.agreement == 0.5  # "Score: 5" for everything: right half the time
+    assert len(result.known) == 2 * (len(questions) - len(held))
+    assert not [k for k in result.known if k.prompt in held]
+    assert {k.right for k in result.known} == {True, False}
 
 
 def test_length_bias_is_measured() -> None:

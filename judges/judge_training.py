@@ -1,0 +1,89 @@
+"""Teaching the judge from verified signals: judge-training examples and their held-out split.
+
+The Self-Rewarding recipe seeds the judge with human-labelled judgments; tutord has answers
+whose quality is known instead: a candidate a task's grader scored against a reference, an
+answer a user rated, a correction. `judge_examples` turns such answers into SFT examples in
+the judge's own prompt format (the rubric prompt -> a short justification and `Score: N`),
+balanced between right and wrong answers, so the policy learns to judge the way it is
+asked to. Prompts in the judge's held-out split (`in_judge_holdout`, a stable hash) never
+become judge-training examples: judge health is measured on their candidates, so it
+reflects answers the judge was not trained on. Feedback becomes known answers in
+`judges/feedback.py`. It does not generate, store or decide pairs (see `judges/synth.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+Chat = list[dict[str, str]]
+Render = Callable[[Chat, str], Chat]
+"""The judge's rubric prompt for (prompt, response), as chat messages."""
+
+MAX_POINTS = 5
+JUDGE_TASK = "judge"
+"""The task label of judge-training examples (their own stratum in replay)."""
+
+
+def in_judge_holdout(key: str, percent: int) -> bool:
+    """Whether a prompt (by its hash key) is held out from judge training.
+
+    >>> sum(in_judge_holdout(f"prompt {i}", 30) for i in range(1000))
+    286
+    """
+    digest = hashlib.sha256(f"judge-holdout:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100 < percent
+
+
+def verdict(right: bool) -> str:
+    """The judge's answer for a response of known quality: a short reason, then the score.
+
+    >>> verdict(True), verdict(False)
+    ('Correct. Score: 5', 'Wrong. Score: 0')
+    """
+    return f"Correct. Score: {MAX_POINTS}" if right else "Wrong. Score: 0"
+
+
+@dataclass(frozen=True)
+class KnownAnswer:
+    """A response whose quality a verified signal fixed: right (True) or wrong (False)."""
+
+    prompt: Chat
+    response: str
+    right: bool
+    task: str | None
+    source: str  # grader | rating | correction
+    prompt_index: int | None = None
+    candidate_index: int | None = None
+    interaction_id: int | None = None
+
+
+@dataclass(frozen=True)
+class JudgeExample:
+    """One judge-training example: the rubric prompt and the verdict to learn."""
+
+    prompt: Chat
+    completion: str
+    answer: KnownAnswer
+
+
+def judge_examples(
+    answers: Sequence[KnownAnswer], render: Render, limit: int, seed: int
+) -> list[JudgeExample]:
+    """Up to `limit` examples, as many right as wrong answers where both exist (a judge
+    trained on one kind only learns to say one score), deterministic under `seed`."""
+    if limit <= 0:
+        return []
+    rng = random.Random(f"judge-examples:{seed}")
+    right = [a for a in answers if a.right]
+    wrong = [a for a in answers if not a.right]
+    rng.shuffle(right)
+    rng.shuffle(wrong)
+    half = limit // 2
+    take_right = min(len(right), max(half, limit - len(wrong)))
+    take_wrong = min(len(wrong), limit - take_right)
+    chosen = right[:take_right] + wrong[:take_wrong]
+    rng.shuffle(chosen)
+    return [JudgeExample(render(a.prompt, a.response), verdict(a.right), a) for a in chosen]

@@ -1,0 +1,64 @@
+"""Judge-training examples from verified signals, and feedback the grader contradicts."""
+
+from __future__ import annotations
+
+from judges.feedback import FeedbackItem, check_feedback, feedback_data
+from judges.judge_training import KnownAnswer, judge_examples, verdict
+from judges.llm_judge import COMPACT_POINTWISE_TEMPLATE
+from world.verify import verify_integer
+
+Q = [{"role": "user", "content": "What is 3+4?"}]
+OPEN = [{"role": "user", "content": "Say something."}]
+
+
+def render(prompt: list[dict[str, str]], response: str) -> list[dict[str, str]]:
+    text = COMPACT_POINTWISE_TEMPLATE.format(prompt=prompt[-1]["content"], response=response)
+    return [{"role": "user", "content": text}]
+
+
+def known(right: int, wrong: int) -> list[KnownAnswer]:
+    return [KnownAnswer(Q, "7", True, "add", "grader", 0, i) for i in range(right)] + [
+        KnownAnswer(Q, "8", False, "add", "grader", 0, 100 + i) for i in range(wrong)
+    ]
+
+
+def test_examples_are_the_judges_own_prompt_and_verdict_balanced() -> None:
+    examples = judge_examples(known(30, 5), render, limit=10, seed=0)
+    assert len(examples) == 10
+    assert sum(e.answer.right for e in examples) == 5  # as many wrong as exist, rest right
+    for e in examples:
+        assert e.prompt == render(Q, e.answer.response)
+        assert e.completion == verdict(e.answer.right)
+        assert e.completion.endswith("Score: 5" if e.answer.right else "Score: 0")
+    assert judge_examples(known(3, 30), render, limit=4, seed=0) != []
+    assert sum(e.answer.right for e in judge_examples(known(3, 30), render, 4, 0)) == 2
+    assert judge_examples(known(3, 3), render, limit=0, seed=0) == []
+    assert judge_examples(known(2, 1), render, limit=10, seed=0).__len__() == 3
+    assert judge_examples(known(9, 9), render, 6, 1) == judge_examples(known(9, 9), render, 6, 1)
+
+
+def grade(task: str | None):
+    return verify_integer if task == "add" else None
+
+
+def test_contradicted_feedback_is_counted_not_trained_on() -> None:
+    items = [
+        FeedbackItem(Q, "8", -1, "9", "add", 1, "7"),  # a correction the grader calls wrong
+        FeedbackItem(Q, "8", 1, None, "add", 2, "7"),  # a thumbs up on a wrong answer
+        FeedbackItem(Q, "7", -1, None, "add", 3, "7"),  # a thumbs down on a right answer
+        FeedbackItem(Q, "8", -1, "7", "add", 4, "7"),  # consistent correction
+        FeedbackItem(Q, "7", 1, None, "add", 5, "7"),  # consistent thumbs up
+        FeedbackItem(OPEN, "x", 1, None, "chat", 6, None),  # no grader: nothing to contradict
+    ]
+    checked = check_feedback(items, grade)
+    assert [i.interaction_id for i in checked.contradictions] == [1, 2, 3]
+    assert [i.interaction_id for i in checked.consistent] == [4, 5, 6]
+    sft, pairs = feedback_data(checked.consistent)
+    assert {e.completion for e in sft} == {"7", "x"} and "9" not in {e.completion for e in sft}
+    assert {(p.chosen, p.rejected) for p in pairs} == {("7", "8")}
+    assert [(k.response, k.right, k.source) for k in checked.known] == [
+        ("7", True, "correction"),
+        ("8", False, "correction"),
+        ("7", True, "rating"),
+        ("x", True, "rating"),
+    ]
