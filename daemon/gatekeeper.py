@@ -76,6 +76,7 @@ def evaluate_and_gate(engine: Engine, home: Home, settings: Settings, cycle: Cyc
         target_tasks=tuple(g.target_tasks),
         require_gain=g.require_gain,
         seed=cycle.seed,
+        block_unseen=g.block_unseen,
     )
     result = gate(production, candidate, rules)
     with session_scope(engine) as s:

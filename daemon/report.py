@@ -57,6 +57,7 @@ def _traffic(engine: Engine) -> tuple[dict[str, float], dict[str, float]]:
     mix = Counter(task or "(none)" for task, _, _ in rows)
     n = len(rows)
     rates = {
+        "read": float(n),
         "thumbs_up": sum(1 for _, r, _ in rows if r == 1) / n,
         "thumbs_down": sum(1 for _, r, _ in rows if r == -1) / n,
         "corrected": sum(1 for _, _, c in rows if c) / n,
@@ -64,9 +65,12 @@ def _traffic(engine: Engine) -> tuple[dict[str, float], dict[str, float]]:
     return {k: v / n for k, v in mix.items()}, rates
 
 
-def _judge_figures(engine: Engine, synth_run_id: int | None) -> tuple[float | None, float | None]:
+def _judge_figures(
+    engine: Engine, synth_run_id: int | None
+) -> tuple[float | None, float | None, int]:
+    """The run's mean judge score, judge-verifier agreement and contradicted feedback."""
     if synth_run_id is None:
-        return None, None
+        return None, None, 0
     with session_scope(engine) as s:
         run = s.get(SynthRun, synth_run_id)
         mean = s.execute(
@@ -75,7 +79,8 @@ def _judge_figures(engine: Engine, synth_run_id: int | None) -> tuple[float | No
             .where(Sample.synth_run_id == synth_run_id, Judgment.scorer.like("judge:%"))
         ).scalar_one()
         agreement = (run.health or {}).get("agreement") if run else None
-    return (None if mean is None else float(mean)), agreement
+        contradicted = int((run.counts or {}).get("feedback_contradictions", 0)) if run else 0
+    return (None if mean is None else float(mean)), agreement, contradicted
 
 
 def record_snapshot(engine: Engine, home: Home, settings: Settings, cycle: Cycle) -> None:
@@ -103,8 +108,17 @@ def record_snapshot(engine: Engine, home: Home, settings: Settings, cycle: Cycle
         if probe and production != cycle.parent_version
         else (0.0 if probe else None)
     )
-    judge_mean, agreement = _judge_figures(engine, cycle.synth_run_id)
+    judge_mean, agreement, contradicted = _judge_figures(engine, cycle.synth_run_id)
     traffic, feedback = _traffic(engine)
+    if feedback:
+        feedback["contradicted"] = contradicted / feedback.pop("read")
+    with session_scope(engine) as s:
+        gate = s.execute(select(GateDecision).where(GateDecision.cycle_id == cycle.id)).scalar()
+        detectable = {
+            task: float(t["detectable_drop"])
+            for task, t in (gate.tasks if gate else {}).items()
+            if t.get("detectable_drop") is not None
+        }
     trained = Counter()
     for task, counts in (cycle.dataset or {}).get("by_task", {}).items():
         trained[task] += sum(counts.values())
@@ -119,6 +133,7 @@ def record_snapshot(engine: Engine, home: Home, settings: Settings, cycle: Cycle
         traffic_mix=traffic,
         training_mix={k: v / total for k, v in trained.items()} if total else {},
         feedback_rates=feedback,
+        detectable_drop=detectable,
     )
     with session_scope(engine) as s:
         s.add(DriftSnapshot(cycle_id=cycle.id, version=snapshot.version, data=snapshot.to_dict()))

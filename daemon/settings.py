@@ -203,7 +203,7 @@ class GateSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tolerance: float = Field(
-        0.02,
+        0.05,
         ge=0,
         description=(
             "A task regresses when the candidate is worse by more than this and the paired "
@@ -220,7 +220,16 @@ class GateSettings(BaseModel):
         default_factory=list,
         description="Tasks a gain is required on (empty: any task gaining suffices).",
     )
-    max_items: int | None = Field(200, ge=1, description="Held-out items per task.")
+    block_unseen: bool = Field(
+        True,
+        description=(
+            "Refuse a candidate when a task's items could not detect a drop of the tolerance "
+            "(80% power at alpha) and it neither regressed nor gained: 'cannot tell'."
+        ),
+    )
+    max_items: int | None = Field(
+        600, ge=1, description="Held-out items per task (all of them when a task has fewer)."
+    )
     backend: Literal["hf", "vllm"] = Field("hf", description="lm-eval model backend.")
     include_paths: list[str] = Field(
         default_factory=list, description="Extra lm-eval task folders (your own YAML tasks)."

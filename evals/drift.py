@@ -182,7 +182,10 @@ class VersionDrift:
     kl_from_base / kl_from_previous: `divergence` (nats per token) from the base model and
         from the previous version.
     traffic_mix / training_mix: task -> share among recent interactions / training data.
-    feedback_rates: e.g. {"thumbs_up": 0.4, "thumbs_down": 0.1, "corrected": 0.05}.
+    feedback_rates: e.g. {"thumbs_up": 0.4, "thumbs_down": 0.1, "corrected": 0.05,
+        "contradicted": 0.01} (feedback the task's grader contradicted, not trained on).
+    detectable_drop: gate task -> the smallest drop the gate could detect on it (80% power)
+        in the cycle that made this version production.
     events: promotions, rollbacks, rejections at this version:
         {"kind": ..., "version": ..., "at": ..., "detail": ...}.
     """
@@ -202,11 +205,18 @@ class VersionDrift:
     training_mix: Mapping[str, float] = field(default_factory=dict)
     feedback_rates: Mapping[str, float] = field(default_factory=dict)
     events: tuple[Mapping[str, Any], ...] = ()
+    detectable_drop: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.version:
             raise ValueError("a snapshot needs a version label")
-        for name in ("task_scores", "traffic_mix", "training_mix", "feedback_rates"):
+        for name in (
+            "task_scores",
+            "traffic_mix",
+            "training_mix",
+            "feedback_rates",
+            "detectable_drop",
+        ):
             values = {str(k): float(v) for k, v in dict(getattr(self, name)).items()}
             object.__setattr__(self, name, _freeze(values))
         object.__setattr__(self, "task_metrics", _freeze(self.task_metrics))
@@ -242,6 +252,7 @@ class VersionDrift:
             "training_mix": dict(self.training_mix),
             "feedback_rates": dict(self.feedback_rates),
             "events": [dict(e) for e in self.events],
+            "detectable_drop": dict(self.detectable_drop),
         }
 
     @classmethod
@@ -262,6 +273,7 @@ class VersionDrift:
             training_mix=data.get("training_mix") or {},
             feedback_rates=data.get("feedback_rates") or {},
             events=tuple(data.get("events") or ()),
+            detectable_drop=data.get("detectable_drop") or {},
         )
 
 

@@ -154,6 +154,7 @@ def _series(snapshots: Sequence[VersionDrift]) -> dict[str, Any]:
         "training_mix": per_key("training_mix"),
         "traffic_training_distance": [s.traffic_distance for s in snapshots],
         "feedback_rates": per_key("feedback_rates"),
+        "detectable_drop": per_key("detectable_drop"),
     }
 
 
@@ -182,6 +183,10 @@ def _html(
         rows.append((name.replace("_", " "), series[name]))
     for name in ("judge_score_mean", "judge_verifier_agreement", "traffic_training_distance"):
         rows.append((name.replace("_", " "), series[name]))
+    for task, values in series["detectable_drop"].items():
+        rows.append((f"{task}: smallest drop the gate could see", values))
+    for key, values in series["feedback_rates"].items():
+        rows.append((f"feedback {key}", values))
     head = "".join(f"<th>{esc(v)}</th>" for v in versions)
     body = "".join(
         f"<tr><th>{esc(name)}</th>{''.join(f'<td>{_fmt(v)}</td>' for v in values)}</tr>"

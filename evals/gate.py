@@ -16,7 +16,15 @@ A task REGRESSES when the candidate is worse by more than `rules.tolerance` (del
 `rules.min_gain` and p < alpha. The candidate passes when no task regresses and, with
 `rules.require_gain`, every task in `rules.target_tasks` gains (with no target tasks listed:
 at least one task gains). A task the candidate lacks, or one with no items in common, fails
-the gate. Everything is pure maths on plain numbers: no model, no lm-eval, no I/O.
+the gate.
+
+Each task also reports the smallest drop its items could detect (`detectable_drop`: 80%
+power at `rules.alpha`, from the number of items and the discordance seen, by the normal
+approximation of McNemar's test, Connor 1987). When that is larger than the tolerance and
+the task neither regressed nor gained, the gate CANNOT TELL whether it regressed; with
+`rules.block_unseen` (the default) such silence does not count as "no regression" and the
+candidate is not promoted. Everything is pure maths on plain numbers: no model, no lm-eval,
+no I/O.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,6 +68,8 @@ class GateRules:
     resamples: int = 2000
     confidence: float = 0.95
     seed: int = 0
+    power: float = 0.8
+    block_unseen: bool = True
 
     def __post_init__(self) -> None:
         if self.tolerance < 0:
@@ -85,6 +96,8 @@ class TaskComparison:
     p_value: the exact two-sided McNemar (sign test) p-value.
     improved / worsened: items where the candidate scores higher / lower.
     regression / gain: the rules' verdicts.
+    detectable_drop: the smallest drop these items detect with the rules' power at alpha.
+    cannot_tell: neither regression nor gain, and `detectable_drop` > the tolerance.
     missing: why the task could not be compared (then n is 0 and it fails the gate).
     """
 
@@ -101,6 +114,8 @@ class TaskComparison:
     regression: bool
     gain: bool
     missing: str | None = None
+    detectable_drop: float = 1.0
+    cannot_tell: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +132,8 @@ class TaskComparison:
             "regression": self.regression,
             "gain": self.gain,
             "missing": self.missing,
+            "detectable_drop": self.detectable_drop,
+            "cannot_tell": self.cannot_tell,
         }
 
 
@@ -159,8 +176,43 @@ class GateResult:
                 "resamples": self.rules.resamples,
                 "confidence": self.rules.confidence,
                 "seed": self.rules.seed,
+                "power": self.rules.power,
+                "block_unseen": self.rules.block_unseen,
             },
         }
+
+
+def detectable_drop(n: int, discordant: int, alpha: float, power: float = 0.8) -> float:
+    """The smallest drop of a 0/1 mean that a two-sided McNemar test at `alpha` detects with
+    `power` over `n` paired items, given the discordant pairs seen (a drop of d needs at
+    least a share d of discordant items, so the discordance used is at least d).
+
+    >>> round(detectable_drop(100, 0, 0.05), 3), round(detectable_drop(100, 20, 0.05), 3)
+    (0.077, 0.124)
+    >>> detectable_drop(400, 0, 0.05) < 0.02 < detectable_drop(100, 0, 0.05)
+    True
+    """
+    if n <= 0:
+        return 1.0
+    z_alpha = NormalDist().inv_cdf(1 - alpha / 2)
+    z_power = NormalDist().inv_cdf(power)
+    seen = discordant / n
+
+    def needed(drop: float) -> float:
+        share = max(seen, drop)
+        spread = math.sqrt(max(share - drop * drop, 0.0))
+        return (z_alpha * math.sqrt(share) + z_power * spread) ** 2 / (drop * drop)
+
+    if needed(1.0) > n:
+        return 1.0
+    low, high = 1e-6, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        if needed(middle) <= n:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def mcnemar_exact(worse: int, better: int) -> float:
@@ -246,6 +298,9 @@ def compare_task(
         prod, cand, resamples=rules.resamples, confidence=rules.confidence, seed=seed
     )
     significant = p_value < rules.alpha
+    regression = bool(delta < -rules.tolerance and significant)
+    gain = bool(delta > rules.min_gain and significant)
+    drop = detectable_drop(len(common), worsened + improved, rules.alpha, rules.power)
     return TaskComparison(
         task=task,
         n=len(common),
@@ -257,8 +312,10 @@ def compare_task(
         p_value=p_value,
         improved=improved,
         worsened=worsened,
-        regression=bool(delta < -rules.tolerance and significant),
-        gain=bool(delta > rules.min_gain and significant),
+        regression=regression,
+        gain=gain,
+        detectable_drop=round(drop, 4),
+        cannot_tell=bool(not regression and not gain and drop > rules.tolerance),
     )
 
 
@@ -270,6 +327,12 @@ def _describe(t: TaskComparison) -> str:
     return (
         f"{t.task} ({t.production:.3f} -> {t.candidate:.3f}, {t.delta:+.3f}, {_fmt_p(t.p_value)})"
     )
+
+
+def _power(comparisons: Sequence[TaskComparison]) -> str:
+    """What the gate could see: the smallest detectable drop per task."""
+    drops = ", ".join(f"{t.task} {t.detectable_drop:.3f}" for t in comparisons)
+    return f"smallest drops it could detect: {drops}"
 
 
 def _join(parts: Sequence[str]) -> str:
@@ -306,6 +369,16 @@ def compare(
         parts += [_describe(t) for t in regressed]
         noun = "regression" if not missing else "failure"
         return GateResult(False, f"{noun} on {_join(parts)}.", tuple(comparisons), rules)
+    unseen = [t for t in comparisons if t.cannot_tell]
+    if unseen and rules.block_unseen:
+        parts = [
+            f"{t.task} ({t.n} items detect a drop of {t.detectable_drop:.3f} at best, "
+            f"tolerance {rules.tolerance:.3f})"
+            for t in unseen
+        ]
+        return GateResult(
+            False, f"cannot tell whether {_join(parts)} regressed.", tuple(comparisons), rules
+        )
 
     if rules.require_gain:
         targets = [t for t in comparisons if t.task in rules.target_tasks]
@@ -332,7 +405,7 @@ def compare(
                 )
         reason = (
             f"no regression on {_join([t.task for t in comparisons])}; significant gain on "
-            f"{_join([_describe(t) for t in gained])}."
+            f"{_join([_describe(t) for t in gained])}; {_power(comparisons)}."
         )
         return GateResult(True, reason, tuple(comparisons), rules)
 
@@ -340,7 +413,7 @@ def compare(
     reason = f"no regression on {_join([t.task for t in comparisons])}"
     if gained:
         reason += f"; significant gain on {_join([_describe(t) for t in gained])}"
-    return GateResult(True, reason + ".", tuple(comparisons), rules)
+    return GateResult(True, f"{reason}; {_power(comparisons)}.", tuple(comparisons), rules)
 
 
 def gate(

@@ -24,6 +24,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from daemon import adapters, migrate
 from daemon.cli.adapter_commands import adapters_app, rollback
@@ -32,7 +33,7 @@ from daemon.cli.synth_command import synth
 from daemon.cli.util import EXIT_REJECTED, Context, err, fail, guard, out, ready
 from daemon.cli.world_commands import world_app
 from daemon.home import resolve_home
-from daemon.models import Cycle
+from daemon.models import Cycle, GateDecision
 from replay.db import session_scope
 from replay.ingest import IngestReport, ingest_files
 from replay.stats import data_counts
@@ -161,6 +162,13 @@ def ingest(
         raise typer.Exit(EXIT_REJECTED)
 
 
+def _detectable(session: Session, cycle_id: int) -> dict[str, float]:
+    """The smallest drop per task the cycle's gate could detect (empty: no gate yet)."""
+    gate = session.execute(select(GateDecision).where(GateDecision.cycle_id == cycle_id)).scalar()
+    tasks = gate.tasks if gate else {}
+    return {t: v["detectable_drop"] for t, v in tasks.items() if "detectable_drop" in v}
+
+
 @app.command()
 def status(
     ctx: typer.Context,
@@ -180,6 +188,7 @@ def status(
                 "outcome": row.outcome,
                 "reason": row.outcome_reason or row.decision_reason,
                 "seconds": round(sum((row.step_timings or {}).values()), 1),
+                "detectable_drop": _detectable(session, row.id),
             }
             for row in session.execute(select(Cycle).order_by(Cycle.id.desc()).limit(5)).scalars()
         ]
@@ -203,6 +212,9 @@ def status(
             f"{cy['candidate'] or '-':<5} {cy['outcome'] or '':<9} {cy['seconds']:>7} s  "
             f"{(cy['reason'] or '')[:90]}"
         )
+        if cy["detectable_drop"]:
+            drops = ", ".join(f"{t} {d:.3f}" for t, d in cy["detectable_drop"].items())
+            out.print(f"             gate could see drops of at least: {drops}")
     out.print(
         f"interactions  {counts.interactions} ({counts.interactions_with_feedback} with feedback)"
     )

@@ -99,10 +99,15 @@ def test_clear_gain_passes() -> None:
 def test_noise_is_not_a_regression(lose: int, win: int) -> None:
     add = production_items("add", 100)
     prod, cand = runs({"add": add}, {"add": flip(add, lose=lose, win=win)})
-    result = gate(prod, cand, GateRules(tolerance=0.0))  # even with no tolerance at all
+    # the regression rule alone, even with no tolerance at all
+    result = gate(prod, cand, GateRules(tolerance=0.0, block_unseen=False))
     assert result.passed, result.reason
     assert not result.task("add").regression
     assert result.task("add").p_value >= 0.05
+    # ... but 200 items cannot see a drop of 0 either: by default that silence blocks
+    strict = gate(prod, cand, GateRules(tolerance=0.0))
+    assert not strict.passed and strict.task("add").cannot_tell
+    assert strict.reason.startswith("cannot tell whether add (200 items")
     # (the percentile bootstrap interval alone would not do here: with 4 losses and no win it
     # excludes 0, although the exact test gives p = 0.125; the interval is reported, the exact
     # test decides)
@@ -120,17 +125,19 @@ def test_require_gain_on_target_tasks() -> None:
     sub = production_items("sub", 80)
     prod = {"add": add, "sub": sub}
     cand = {"add": flip(add, lose=1, win=1), "sub": flip(sub, lose=0, win=40)}
-    on_add = compare(prod, cand, GateRules(require_gain=True, target_tasks=("add",)))
+    rules = {"block_unseen": False}  # the gain rule alone (80 items cannot see 2 points)
+    on_add = compare(prod, cand, GateRules(require_gain=True, target_tasks=("add",), **rules))
     assert not on_add.passed
     assert "no significant gain on target task add" in on_add.reason
-    on_sub = compare(prod, cand, GateRules(require_gain=True, target_tasks=("sub",)))
+    on_sub = compare(prod, cand, GateRules(require_gain=True, target_tasks=("sub",), **rules))
     assert on_sub.passed and "sub" in on_sub.reason
-    assert not compare(prod, cand, GateRules(require_gain=True, target_tasks=("add", "sub"))).passed
+    both = GateRules(require_gain=True, target_tasks=("add", "sub"), **rules)
+    assert not compare(prod, cand, both).passed
     # no targets listed: a gain anywhere will do, none at all will not
-    assert compare(prod, cand, GateRules(require_gain=True)).passed
-    assert not compare(prod, prod, GateRules(require_gain=True)).passed
+    assert compare(prod, cand, GateRules(require_gain=True, **rules)).passed
+    assert not compare(prod, prod, GateRules(require_gain=True, **rules)).passed
     # without require_gain a target task only has to hold steady
-    assert compare(prod, cand, GateRules(target_tasks=("add",))).passed
+    assert compare(prod, cand, GateRules(target_tasks=("add",), **rules)).passed
 
 
 def test_missing_results_fail_the_gate() -> None:
@@ -149,7 +156,8 @@ def test_only_the_gated_tasks_count() -> None:
     sub = production_items("sub", 100)
     cand = {"add": add, "sub": flip(sub, lose=50, win=0)}
     assert not compare({"add": add, "sub": sub}, cand).passed
-    assert compare({"add": add, "sub": sub}, cand, GateRules(tasks=("add",))).passed
+    only_add = GateRules(tasks=("add",), tolerance=0.1)  # 100 items see a 0.1 drop
+    assert compare({"add": add, "sub": sub}, cand, only_add).passed
 
 
 def test_paired_items_by_id_not_position() -> None:
@@ -199,3 +207,24 @@ def test_non_binary_scores_use_the_sign_test() -> None:
     cand = {f"i{k}": 0.4 for k in range(50)}
     result = compare({"f1": prod}, {"f1": cand}, GateRules(tolerance=0.05))
     assert not result.passed and result.task("f1").worsened == 50
+
+
+def test_the_gate_says_what_it_cannot_see() -> None:
+    """The smallest detectable drop shrinks with items and grows with discordance; a task
+    whose items cannot see a drop of the tolerance is "cannot tell", which blocks promotion
+    unless configured otherwise, and is reported per task."""
+    from evals.gate import detectable_drop
+
+    assert detectable_drop(400, 0, 0.05) < detectable_drop(100, 0, 0.05)
+    assert detectable_drop(400, 80, 0.05) > detectable_drop(400, 0, 0.05)
+    small = production_items("add", 30, n=60)
+    result = compare({"add": small}, {"add": dict(small)}, GateRules(tolerance=0.05))
+    assert not result.passed and result.task("add").cannot_tell
+    assert result.task("add").detectable_drop > 0.05
+    assert result.to_dict()["tasks"]["add"]["detectable_drop"] > 0.05
+    allowed = compare({"add": small}, {"add": small}, GateRules(tolerance=0.05, block_unseen=False))
+    assert allowed.passed and allowed.task("add").cannot_tell
+    big = production_items("add", 300, n=600)
+    seen = compare({"add": big}, {"add": dict(big)}, GateRules(tolerance=0.05))
+    assert seen.passed and not seen.task("add").cannot_tell
+    assert seen.task("add").detectable_drop < 0.05
