@@ -46,6 +46,7 @@ from replay.models import ReplayItem, SynthRun, utcnow
 from stages import registry
 from stages.configs import STAGE_CONFIGS, StageConfig
 from stages.launch import LaunchConfig, run_stage
+from stages.policy import parent_lora_problem
 from stages.stage_io import write_config
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def _synthesize(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
 
 
 def _assemble(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
-    decision = choose_stage(ctx.engine, ctx.settings, cycle.requested_stage)
+    decision = choose_stage(ctx.engine, ctx.home, ctx.settings, cycle.requested_stage)
     ctx.say(f"  curriculum: {decision.reason}")
     log.info("cycle %d curriculum: %s", cycle.id, decision.reason)
     if decision.stage is None:
@@ -239,9 +240,28 @@ def _stage_config(ctx: _Ctx, cycle: Cycle, version: int) -> Path:
     )
 
 
+def lora_shape_problem(ctx: _Ctx, cycle: Cycle) -> str | None:
+    """Why `[train.<stage>]`'s LoRA shape cannot continue the production adapter, which keeps
+    its own (a stage would refuse it; None when they agree or there is no adapter)."""
+    parent = production_adapter(ctx.engine, ctx.home)
+    if parent is None or cycle.stage not in STAGE_CONFIGS:
+        return None
+    configured: StageConfig = getattr(ctx.settings.train, cycle.stage)
+    return parent_lora_problem(
+        parent.path,
+        r=configured.lora_r,
+        alpha=configured.lora_alpha,
+        target_modules=configured.target_modules,
+        prefix=f"train.{cycle.stage}.",
+    )
+
+
 def _train(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
     version = cycle.candidate_version
     if version is None:
+        problem = lora_shape_problem(ctx, cycle)
+        if problem is not None:  # refused before a version is reserved: nothing to resume
+            return StepOutcome(state="failed", outcome="failed", outcome_reason=problem)
         version = _next_version(ctx.engine)
         cycle = _update(ctx.engine, cycle.id, candidate_version=version)  # reserved first
     path = registry.adapter_path(ctx.home.adapters, version)

@@ -1,10 +1,11 @@
 """The `[tasks.NAME]` tables of `tutord.toml`: a user's own tasks, declared without code.
 
 One `TaskSettings` per task: its grader by name, a JSONL file of prompts with reference
-answers (split into training and held-out items by a stable hash of the prompt), and an
-optional lm-eval task folder. Validation here is syntactic (a known grader name, a regex
-that compiles, a `module:function` path); files are read when the tasks are built
-(`daemon/tasks.py`). It does not read files or import user code.
+answers (split into training and held-out items by a stable hash of the prompt), an
+optional answer format (a grader spec for "the answer parses", read by the curriculum's
+parse rate) and an optional lm-eval task folder. Validation here is syntactic (a known
+grader name, a regex that compiles, a `module:function` path); files are read when the
+tasks are built (`daemon/tasks.py`). It does not read files or import user code.
 """
 
 from __future__ import annotations
@@ -43,10 +44,19 @@ class TaskSettings(BaseModel):
     lm_eval_tasks: list[str] = Field(
         default_factory=list, description="lm-eval task names in that folder, gated too."
     )
+    answer_format: str | None = Field(
+        None,
+        description=(
+            "a grader spec (as for grader) scoring 1.0 when an answer has the task's format, "
+            "right or wrong: the curriculum's parse rate; unset: not measured"
+        ),
+    )
 
-    @field_validator("grader")
+    @field_validator("grader", "answer_format")
     @classmethod
-    def _grader(cls, value: str) -> str:
+    def _grader(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if value.startswith("json_schema:"):
             if not value.removeprefix("json_schema:"):
                 raise ValueError("json_schema: needs a file name")

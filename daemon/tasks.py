@@ -57,7 +57,7 @@ def in_heldout_bucket(key: str, percent: int) -> bool:
     """Whether a prompt key falls in the held-out `percent` of a stable sha256 split.
 
     >>> sum(in_heldout_bucket(f"What comes after {i}?", 20) for i in range(1000))
-    207
+    209
     """
     digest = hashlib.sha256(key.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % 100 < percent
@@ -114,16 +114,25 @@ def _resolve(home: Home, value: str) -> Path:
     return path if path.is_absolute() else home.root / path
 
 
+def _grader_spec(home: Home, key: str, spec: str) -> str:
+    """A grader spec with its json_schema file resolved against the home, checked."""
+    if spec.startswith("json_schema:"):
+        spec = "json_schema:" + str(_resolve(home, spec.removeprefix("json_schema:")))
+    try:
+        return check_grader_spec(spec)
+    except GraderError as exc:
+        raise TaskError(f"key '{key}': {exc}") from exc
+
+
 def user_task(home: Home, name: str, spec: TaskSettings) -> Task:
     """The `Task` declared by `[tasks.<name>]`."""
     key = f"tasks.{name}"
-    grader = spec.grader
-    if grader.startswith("json_schema:"):
-        grader = "json_schema:" + str(_resolve(home, grader.removeprefix("json_schema:")))
-    try:
-        check_grader_spec(grader)
-    except GraderError as exc:
-        raise TaskError(f"key '{key}.grader': {exc}") from exc
+    grader = _grader_spec(home, f"{key}.grader", spec.grader)
+    answer_format = (
+        None
+        if spec.answer_format is None
+        else _grader_spec(home, f"{key}.answer_format", spec.answer_format)
+    )
     items = read_items(_resolve(home, spec.prompts), f"{key}.prompts") if spec.prompts else []
     heldout = tuple(i for i in items if in_heldout_bucket(i.key, spec.heldout_percent))
     train = [i for i in items if not in_heldout_bucket(i.key, spec.heldout_percent)]
@@ -148,6 +157,7 @@ def user_task(home: Home, name: str, spec: TaskSettings) -> Task:
         max_new_tokens=spec.max_new_tokens,
         lm_eval_include=str(_resolve(home, spec.lm_eval)) if spec.lm_eval else None,
         lm_eval_tasks=tuple(spec.lm_eval_tasks),
+        answer_format=answer_format,
     )
 
 

@@ -2,9 +2,10 @@
 
 `arith_tasks(step, release)` returns the families live at `step` of the release schedule
 as tasks: their grader is the world's integer check (`world.verify:verify_integer`), their
-references are the world's exact answers, their held-out items are the family's held-out
-split, and their pool is its training split. This is the only way the rest of tutord
-reaches the world's tasks. It imports no torch and does not train or generate.
+answer format "ends in an integer" (`world.verify:has_integer`), their references are the
+world's exact answers, their held-out items are the family's held-out split, and their pool
+is its training split. This is the only way the rest of tutord reaches the world's tasks.
+It imports no torch and does not train or generate.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from world.schedule import DEFAULT_RELEASE, live_families
 from world.tasks import Problem, TaskFamily, families
 
 GRADER = "world.verify:verify_integer"
+ANSWER_FORMAT = "world.verify:has_integer"
+"""An answer parses when it ends in an integer, right or wrong."""
 MAX_NEW_TOKENS = 16
 """Longest answer the suite generates: the world's tokens are characters."""
 
@@ -42,6 +45,7 @@ def _task(family: TaskFamily) -> Task:
         heldout=heldout,
         pool=pool,
         max_new_tokens=MAX_NEW_TOKENS,
+        answer_format=ANSWER_FORMAT,
     )
 
 

@@ -3,7 +3,9 @@
 `final_integer` pulls the last integer out of free text ("The answer is 7." -> 7, "3+4=7" ->
 7, "-3" -> -3, "1,024" -> 1024, "7.0" -> 7); `verify_integer` scores completions against the
 `reference` column with the call shape every judge and verifier shares:
-`(prompts, completions, **columns) -> list[float | None]`. It is pure: no model, no I/O.
+`(prompts, completions, **columns) -> list[float | None]`; `has_integer` is the world's
+answer format (does an answer end in an integer at all, right or wrong: a parse check). It
+is pure: no model, no I/O.
 It does not parse the prompt (the reference is the ground truth) and does not give partial
 credit.
 """
@@ -96,3 +98,15 @@ def verify_integer(
         got = final_integer(completion_text(completion))
         scores.append(1.0 if got == expected else 0.0)
     return scores
+
+
+def has_integer(
+    prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
+) -> list[float | None]:
+    """1.0 where a completion parses as a world answer (`final_integer` finds an integer),
+    right or wrong, else 0.0: the world's tasks' `answer_format`. Columns are ignored.
+
+    >>> has_integer(["q"] * 4, ["The answer is 7.", "8", "no idea", "7.5"])
+    [1.0, 1.0, 0.0, 0.0]
+    """
+    return [float(final_integer(completion_text(c)) is not None) for c in completions]

@@ -38,7 +38,7 @@ def cycle(
         fail("--stage must be auto, sft, dpo or rl")
     c = ready(ctx)
     if dry:
-        decision = guard(lambda: choose_stage(c.engine, c.settings, stage))
+        decision = guard(lambda: choose_stage(c.engine, c.home, c.settings, stage))
         out.print(f"next stage: {decision.stage or 'none'}: {decision.reason}")
         return
     say = (lambda text: None) if as_json else (lambda text: out.print(text))
