@@ -161,7 +161,9 @@ class SFTStageConfig:
     threads: Annotated[int, at.Ge(1)] = per_run(1, "train.threads")
     """torch threads per process."""
     lora_r: Count = 16
-    """LoRA rank of a fresh adapter (a parent adapter keeps its own LoRA settings)."""
+    """LoRA rank. A parent adapter keeps its shape: a rank, alpha or target modules that
+    differ from the parent's are refused, naming the key (`tutord rollback --to base` starts
+    fresh)."""
     lora_alpha: Count = 32
     """LoRA alpha (scale alpha / r) of a fresh adapter."""
     lora_dropout: Dropout = 0.0
@@ -233,7 +235,9 @@ class DPOStageConfig:
     threads: Annotated[int, at.Ge(1)] = per_run(1, "train.threads")
     """torch threads per process."""
     lora_r: Count = 16
-    """LoRA rank of a fresh adapter (a parent adapter keeps its own LoRA settings)."""
+    """LoRA rank. A parent adapter keeps its shape: a rank, alpha or target modules that
+    differ from the parent's are refused, naming the key (`tutord rollback --to base` starts
+    fresh)."""
     lora_alpha: Count = 32
     """LoRA alpha (scale alpha / r) of a fresh adapter."""
     lora_dropout: Dropout = 0.0
@@ -308,7 +312,9 @@ class RLStageConfig:
     threads: Annotated[int, at.Ge(1)] = per_run(1, "train.threads")
     """torch threads per process."""
     lora_r: Count = 16
-    """LoRA rank of a fresh adapter (a parent adapter keeps its own LoRA settings)."""
+    """LoRA rank. A parent adapter keeps its shape: a rank, alpha or target modules that
+    differ from the parent's are refused, naming the key (`tutord rollback --to base` starts
+    fresh)."""
     lora_alpha: Count = 32
     """LoRA alpha (scale alpha / r) of a fresh adapter."""
     lora_dropout: Dropout = 0.0
