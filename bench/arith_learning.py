@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from judges.synth import FeedbackItem, feedback_data
+from judges.feedback import FeedbackItem, feedback_data
 from stages.generate.api import AdapterRef, SamplingParams
 from stages.generate.hf import TransformersBackend
 from stages.launch import LaunchConfig, run_stage

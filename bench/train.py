@@ -1,29 +1,58 @@
-"""Benchmark of the training stages: tokens/s of each stage next to a bare TRL script.
+"""Benchmark: a whole tutord training stage, start to published adapter, against bare TRL.
 
-For SFT, DPO and RL, builds a random-weight Llama on the arith world's tokenizer (the world's
-tiny model, or a ~26M-parameter one: hidden 512, 8 layers), a production adapter for it, and
-a training file from the world's addition problems; then runs, alternately and `--repeat`
-times, (a) the stage module in this process (`stages.<stage>.run`, continuing from the
-adapter, publishing into a registry) and (b) a bare TRL script doing the same work: the same
-trainer class, the same arguments, model, adapter and data, written with transformers, peft
-and TRL only (the reward function is the world's verifier in both). Tokens/s = tokens the
-trainer counted / wall time of `Trainer.train` (the stage reports both in its result), best
-run (other processes only ever slow a run down); tokens per CPU-second of this process inside
-`Trainer.train`, median run, is the steadier figure when other processes share the cores.
-Overhead = bare / stage - 1. Setup and publishing, outside `Trainer.train`, show in the
-end-to-end seconds but not in the overhead. One torch thread. It checks nothing about models.
+For SFT, DPO and RL (GRPO), on one random-weight Llama with the arith world's tokenizer (the
+world's tiny model, or a ~26M-parameter one: hidden 512, 8 layers), a parent LoRA adapter
+(r 16 on every projection) published as v1 in an adapter registry, and a training file built
+from the world's addition problems, it times two sides, each a fresh subprocess, alternating
+(A B, then B A, ...) `--repeats` times:
 
-    .venv/bin/python bench/train.py [--stages sft,dpo,rl] [--size tiny|26m] [--repeat 3]
+A. tutord, exactly as a cycle's train step runs it (`daemon/cycle.py`): the stage's config is
+   `[train.<stage>]` at its defaults with the per-run fields filled in and `max_steps`
+   changed to the workload's, written with `write_config`, then
+   `stages.launch.run_stage(stage, config, LaunchConfig(...))` with the daemon's default
+   launch settings (one `python -m stages.<stage>` process, one torch thread). Timed from
+   before the config is written to `run_stage`'s return: interpreter start, imports, config
+   validation, the parent's manifest check, reading and hashing the data, loading base and
+   adapter, building the trainer, the reference-policy check, training with the per-step
+   monitor (logging, guards), the end-of-run checkpoint, saving the adapter, publishing it
+   into the registry as v2 (hashes, fsync, rename), `result.json`, deleting the checkpoint.
+B. `bench/bare_trl.py`: a script using torch, datasets, peft, transformers and TRL only,
+   with the same model, parent adapter, data, steps, batch, learning rate, seed and stage
+   settings (see its docstring). Timed from `subprocess` start to its exit: interpreter
+   start, imports, reading the data, loading base and adapter, building the trainer,
+   training, `save_pretrained`.
+
+It prints, per stage, the wall seconds and the CPU seconds (user + system, of the process and
+its children: steadier when other jobs share the cores) of each side, median and range, the
+overhead (A / B - 1 of each adjacent pair of runs, median and range), the seconds inside
+`trainer.train()` of each side (from A's `result.json`, B's `--report`) and the largest
+difference between the two trained adapters' weights (0 or round-off: both sides did the
+same computation); then, per stage, in how many pairs tutord was the slower side, with a
+two-sided sign test (3 pairs cannot give p below 0.25: use more `--repeats` to test a
+difference). Default workload (tiny): SFT 30 steps, DPO 15, RL 6, at the stage configs'
+default batch sizes and learning rates. The RL reward is the world's integer verifier on
+both sides (the daemon's default reward dispatches to a task's grader; here both call the
+same function). Datasets and base model are built once, before any timing. It checks
+nothing about model quality.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/train.py [--stages sft,dpo,rl] [--size tiny|26m]
+        [--steps N | --steps sft=N,dpo=N,rl=N] [--repeats 3] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import logging
+import math
 import os
+import resource
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,58 +60,73 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch
-
-from stages import dpo, registry, rl, sft
-from world.model import ModelShape, build_model, parameter_count
-from world.tasks import families
-from world.tokenizer import build_tokenizer
-
-SHAPES: dict[str, ModelShape] = {
-    "tiny": ModelShape(),
-    "26m": ModelShape(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1536),
-}
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+REPO = Path(__file__).resolve().parent.parent
+BARE = Path(__file__).resolve().parent / "bare_trl.py"
 REWARD = "world.verify:verify_integer"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SIZES = ("tiny", "26m")
+STEPS: dict[str, dict[str, int]] = {
+    "tiny": {"sft": 30, "dpo": 15, "rl": 6},
+    "26m": {"sft": 10, "dpo": 6, "rl": 3},
+}
+
+
+NOTES = (
+    "tutord: timed from writing the stage config to stages.launch.run_stage's return, as the "
+    "daemon calls it: interpreter start, imports, config validation, parent manifest check, "
+    "data read and hashed, base + adapter loaded, trainer built, reference check, training "
+    "with per-step logging and guards, end-of-run checkpoint, adapter saved and published into "
+    "the registry as v2, result.json, checkpoint deleted.",
+    "bare: bench/bare_trl.py, timed from subprocess start to exit: interpreter start, imports, "
+    "data read, base + adapter loaded, trainer built, training (TRL's default logging, no "
+    "checkpoint), save_pretrained.",
+    "Figures: median (min..max) over the runs. overhead: tutord / bare - 1 of each adjacent "
+    "pair of runs (its median need not equal the ratio of the medians). CPU s: user + system "
+    "seconds of the process and its children (steadier than wall seconds when other jobs share "
+    "the cores). in train() s: seconds inside trainer.train() (tutord's include its end-of-run "
+    "checkpoint, which the Trainer writes there). max weight diff: the largest difference "
+    "between the adapters the two sides trained (0: the same computation).",
+)
 
 
 @dataclass(frozen=True)
-class Workload:
-    max_steps: int
-    batch: int
-    learning_rate: float
+class Run:
+    wall_s: float
+    cpu_s: float
+    train_s: float
+    adapter: Path
 
 
-WORKLOADS: dict[str, dict[str, Workload]] = {
-    "tiny": {
-        "sft": Workload(100, 16, 2e-4),
-        "dpo": Workload(40, 8, 5e-5),
-        "rl": Workload(15, 16, 1e-5),
-    },
-    "26m": {
-        "sft": Workload(20, 16, 2e-4),
-        "dpo": Workload(10, 8, 5e-5),
-        "rl": Workload(4, 16, 1e-5),
-    },
-}
-RL_GENERATIONS = 8
-RL_COMPLETION = 16
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished, waited-for children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-# -- fixtures -----------------------------------------------------------------------------------
+# -- fixtures (built once, untimed) -----------------------------------------------------------
 
 
 def build_world(root: Path, size: str) -> tuple[Path, Path, dict[str, Path], int]:
-    """Base model folder, a published parent adapter (v1), training files; parameter count."""
+    """Base model folder, a parent adapter folder (PEFT, not yet in a registry), a training
+    file per stage; the parameter count."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from world.model import ModelShape, build_model, parameter_count
+    from world.tasks import families
+    from world.tokenizer import build_tokenizer
+
+    shape = (
+        ModelShape()
+        if size == "tiny"
+        else ModelShape(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1536)
+    )
     tokenizer = build_tokenizer()
-    model = build_model(tokenizer, seed=0, shape=SHAPES[size])
+    model = build_model(tokenizer, seed=0, shape=shape)
     base = root / "base"
     model.save_pretrained(base)
     tokenizer.save_pretrained(base)
     params = parameter_count(model)
-
-    from peft import LoraConfig, get_peft_model
-
     torch.manual_seed(1)
     peft_model = get_peft_model(
         model, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM")
@@ -91,16 +135,8 @@ def build_world(root: Path, size: str) -> tuple[Path, Path, dict[str, Path], int
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.01)
-    peft_model.save_pretrained(root / "parent-src")
-    adapters = root / "adapters"
-    registry.publish(
-        root / "parent-src",
-        adapters,
-        version=1,
-        parent=None,
-        base=registry.base_identity(base),
-        stage="bench",
-    )
+    parent = root / "parent"
+    peft_model.save_pretrained(parent)
     problems = families()["add"].sample_problems(512, seed=0)
     rows = {
         "sft": [
@@ -122,204 +158,286 @@ def build_world(root: Path, size: str) -> tuple[Path, Path, dict[str, Path], int
     for stage, data in rows.items():
         files[stage] = root / f"{stage}.jsonl"
         files[stage].write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
-    return base, registry.adapter_path(adapters, 1), files, params
+    return base, parent, files, params
 
 
-# -- the stage ----------------------------------------------------------------------------------
+def fresh_registry(folder: Path, parent: Path, base: Path) -> Path:
+    """A registry holding the parent as v1 (the production adapter); returns v1's folder."""
+    from stages import registry
+
+    registry.publish(
+        parent, folder, version=1, parent=None, base=registry.base_identity(base), stage="bench"
+    )
+    return registry.adapter_path(folder, 1)
 
 
-def run_stage(
-    stage: str, work: Workload, base: Path, parent: Path, data: Path, out: Path
-) -> dict[str, float]:
-    common: dict[str, Any] = {
-        "base_model": str(base),
-        "parent_adapter": str(parent),
-        "train_file": str(data),
-        "output_dir": str(out / "run"),
-        "adapters_dir": str(out / "adapters"),
-        "version": 2,
-        "max_steps": work.max_steps,
-        "per_device_batch_size": work.batch,
-        "learning_rate": work.learning_rate,
-        "save_steps": work.max_steps,
-        "threads": 1,
-    }
-    if stage == "sft":
-        result = sft.run(sft.SFTStageConfig(**common))
-    elif stage == "dpo":
-        result = dpo.run(dpo.DPOStageConfig(**common))
-    else:
-        result = rl.run(
-            rl.RLStageConfig(
-                **common,
-                num_generations=RL_GENERATIONS,
-                max_completion_length=RL_COMPLETION,
-                reward_functions=(REWARD,),
-            )
-        )
-    if not result.ok:
-        raise RuntimeError(f"{stage} failed: {result.reason}")
-    return {
-        "tokens": result.tokens_seen,
-        "train_s": result.train_seconds,
-        "cpu_s": result.train_cpu_seconds,
-        "total_s": result.seconds,
-        "steps": result.steps,
-    }
+# -- the two sides ----------------------------------------------------------------------------
 
 
-# -- the bare TRL script ------------------------------------------------------------------------
+def stage_settings(stage: str, steps: int) -> Any:
+    """The daemon's `[train.<stage>]` at its defaults, with the workload's step count."""
+    from daemon.settings import TrainSettings
+
+    configured = getattr(TrainSettings(), stage)
+    extra: dict[str, Any] = {"reward_functions": (REWARD,)} if stage == "rl" else {}
+    return dataclasses.replace(configured, max_steps=steps, **extra)
 
 
-def run_bare(
-    stage: str, work: Workload, base: Path, parent: Path, data: Path, out: Path
-) -> dict[str, float]:
-    """What a user would write with TRL alone for the same run."""
-    started = time.monotonic()
-    from datasets import Dataset
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+def run_tutord(stage: str, steps: int, base: Path, parent: Path, data: Path, work: Path) -> Run:
+    """Side A: what `daemon/cycle.py`'s train step does, timed from config to published v2."""
+    from daemon.settings import TrainSettings
+    from stages import registry
+    from stages.launch import LaunchConfig, run_stage
+    from stages.stage_io import write_config
 
-    from world.verify import verify_integer  # the workload's reward, not stage code
-
-    torch.set_num_threads(1)
-    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
-    dataset = Dataset.from_list(rows)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, str(parent), is_trainable=True)
-    args: dict[str, Any] = {
-        "output_dir": str(out / "checkpoints"),
-        "max_steps": work.max_steps,
-        "per_device_train_batch_size": work.batch,
-        "gradient_accumulation_steps": 1,
-        "learning_rate": work.learning_rate,
-        "lr_scheduler_type": "linear",
-        "warmup_steps": 0,
-        "seed": 0,
-        "logging_steps": 1,
-        "logging_nan_inf_filter": False,
-        "save_strategy": "steps",
-        "save_steps": work.max_steps,
-        "save_total_limit": 2,
-        "report_to": [],
-        "disable_tqdm": True,
-        "use_cpu": True,
-        "bf16": False,
-        "gradient_checkpointing": False,
-        "dataloader_num_workers": 0,
-        "ddp_find_unused_parameters": False,
-    }
-    trainer: Any
-    if stage == "sft":
-        trainer = SFTTrainer(
-            model=model,
-            args=SFTConfig(**args, max_length=1024, assistant_only_loss=True, packing=False),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-        )
-    elif stage == "dpo":
-        trainer = DPOTrainer(
-            model=model,
-            args=DPOConfig(**args, max_length=1024, beta=0.1),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-        )
-    else:
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=[verify_integer],
-            args=GRPOConfig(
-                **args,
-                num_generations=RL_GENERATIONS,
-                max_completion_length=RL_COMPLETION,
-                temperature=1.0,
-                beta=0.04,
-            ),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-        )
-    trainer.remove_callback(PrinterCallback)  # no per-step printing in either variant
-    t0, cpu0 = time.monotonic(), time.process_time()
-    trainer.train()
-    train_s, cpu_s = time.monotonic() - t0, time.process_time() - cpu0
-    tokens = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e][-1]
-    trainer.model.save_pretrained(str(out / "adapter"), selected_adapters=["default"])
-    return {
-        "tokens": tokens,
-        "train_s": train_s,
-        "cpu_s": cpu_s,
-        "total_s": time.monotonic() - started,
-        "steps": trainer.state.global_step,
-    }
+    adapters = work / "adapters"
+    v1 = fresh_registry(adapters, parent, base)
+    t = TrainSettings()
+    cpu0, started = children_cpu(), time.perf_counter()
+    config = dataclasses.replace(
+        stage_settings(stage, steps),
+        base_model=str(base),
+        parent_adapter=str(v1),
+        parent_version=1,
+        train_file=str(data),
+        output_dir=str(work / "train"),
+        adapters_dir=str(adapters),
+        version=2,
+        seed=0,
+        threads=t.threads,
+    )
+    path = write_config(config, work / "train" / "config.json")
+    launch = LaunchConfig(
+        nproc=t.nproc,
+        launcher=t.launcher,
+        accelerate_config=t.accelerate_config,
+        timeout_s=t.timeout_s,
+        threads=t.threads,
+    )
+    result = run_stage(stage, path, launch, cwd=REPO)
+    wall, cpu = time.perf_counter() - started, children_cpu() - cpu0
+    if not result.ok or result.adapter_version != 2:
+        raise RuntimeError(f"tutord {stage} failed: {result.reason}; see {work / 'train'}")
+    registry.verify(registry.adapter_path(adapters, 2))
+    return Run(wall, cpu, result.train_seconds, registry.adapter_path(adapters, 2))
 
 
-# -- main ---------------------------------------------------------------------------------------
+def run_bare(stage: str, steps: int, base: Path, parent: Path, data: Path, work: Path) -> Run:
+    """Side B: `bench/bare_trl.py` in a subprocess, timed from its start to its exit."""
+    from stages.launch import LaunchConfig, stage_env
+
+    config = stage_settings(stage, steps)
+    out = work / "adapter"
+    report = work / "report.json"
+    command = [
+        sys.executable,
+        str(BARE),
+        "--stage",
+        stage,
+        "--base",
+        str(base),
+        "--adapter",
+        str(parent),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--batch",
+        str(config.per_device_batch_size),
+        "--lr",
+        repr(config.learning_rate),
+        "--seed",
+        "0",
+        "--report",
+        str(report),
+    ]
+    if stage in ("dpo", "rl"):
+        command += ["--beta", repr(config.beta)]
+    if stage == "rl":
+        command += [
+            "--num-generations",
+            str(config.num_generations),
+            "--max-completion-length",
+            str(config.max_completion_length),
+            "--temperature",
+            repr(config.temperature),
+            "--reward",
+            REWARD,
+        ]
+    work.mkdir(parents=True, exist_ok=True)
+    env = stage_env(LaunchConfig(threads=1))  # the same environment as the stage's
+    cpu0, started = children_cpu(), time.perf_counter()
+    with (work / "bare.log").open("wb") as log:
+        code = subprocess.run(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, check=False
+        ).returncode
+    wall, cpu = time.perf_counter() - started, children_cpu() - cpu0
+    if code != 0:
+        raise RuntimeError(f"bare {stage} exited {code}; see {work / 'bare.log'}")
+    train_s = json.loads(report.read_text(encoding="utf-8"))["train_seconds"]
+    return Run(wall, cpu, train_s, out)
+
+
+def adapter_difference(a: Path, b: Path) -> float:
+    """The largest absolute difference between two saved adapters' weights."""
+    from safetensors.torch import load_file
+
+    wa = load_file(str(a / "adapter_model.safetensors"))
+    wb = load_file(str(b / "adapter_model.safetensors"))
+    if set(wa) != set(wb):
+        return float("inf")
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def parse_steps(text: str | None, size: str, stages: list[str]) -> dict[str, int]:
+    """`None` (the size's defaults), `N` (every stage) or `sft=N,dpo=N,rl=N`."""
+    steps = dict(STEPS[size])
+    if text:
+        if text.isdigit():
+            steps = {s: int(text) for s in steps}
+        else:
+            for part in text.split(","):
+                name, _, value = part.partition("=")
+                steps[name.strip()] = int(value)
+    return {s: steps[s] for s in stages}
+
+
+def sign_test(wins: int, n: int) -> float:
+    """Two-sided sign-test p-value of `wins` out of `n` paired comparisons (no ties).
+
+    >>> sign_test(3, 3), sign_test(5, 5), round(sign_test(9, 10), 3)
+    (0.25, 0.0625, 0.021)
+    """
+    low = min(wins, n - wins)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(low + 1)) / 2**n)
+
+
+def spread(values: list[float], fmt: str, unit: str = "") -> str:
+    """`median (min..max)` of `values`, each formatted with `fmt` and `unit`."""
+    if len(values) == 1:
+        return format(values[0], fmt) + unit
+    return (
+        f"{format(statistics.median(values), fmt)}{unit} "
+        f"({format(min(values), fmt)}..{format(max(values), fmt)}{unit})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stages", default="sft,dpo,rl")
-    parser.add_argument("--size", choices=sorted(SHAPES), default="tiny")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--size", choices=SIZES, default="tiny")
+    parser.add_argument("--steps", default=None, help="N, or sft=N,dpo=N,rl=N")
+    parser.add_argument("--repeats", "--repeat", dest="repeats", type=int, default=3)
+    parser.add_argument("--keep", type=Path, default=None, help="work folder to keep")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    for name in ("transformers", "datasets"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    steps = parse_steps(args.steps, args.size, stages)
+
     import datasets
     from transformers.utils import logging as hf_logging
 
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
-    torch.set_num_threads(1)
 
-    with tempfile.TemporaryDirectory(prefix="tutord-bench-train-") as tmp:
+    tmp = None
+    if args.keep is None:
+        tmp = tempfile.mkdtemp(prefix="tutord-bench-train-")
         root = Path(tmp)
+    else:
+        root = args.keep
+        if root.exists() and any(root.iterdir()):
+            parser.error(f"--keep {root}: not empty")
+        root.mkdir(parents=True, exist_ok=True)
+    try:
         base, parent, files, params = build_world(root, args.size)
+        # Warm the page cache for both sides' imports, untimed.
+        subprocess.run(
+            [sys.executable, "-c", "import trl, peft, datasets; from trl import GRPOTrainer"],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
         print(
-            f"model {args.size}: {params / 1e6:.2f}M parameters, LoRA r=16 on {len(TARGETS)} "
-            f"projections, continuing from a production adapter; 1 torch thread; "
-            f"{args.repeat} runs each, alternating"
+            f"model {args.size}: {params / 1e6:.2f}M parameters, LoRA r 16 on {len(TARGETS)} "
+            f"projections continued from a parent adapter; 1 torch thread per process; "
+            f"{args.repeats} runs per side, alternating; seconds: median (min..max)"
         )
-        header = (
-            f"{'stage':5} {'steps':>5} {'batch':>5} | {'tutord tok/s':>12} {'bare tok/s':>10} "
-            f"{'overhead':>8} | {'tutord tok/cpu-s':>16} {'bare tok/cpu-s':>14} {'overhead':>8} "
-            f"| {'tutord s':>8} {'bare s':>6}"
-        )
-        print(header)
-        print("-" * len(header))
-        for stage in args.stages.split(","):
-            work = WORKLOADS[args.size][stage]
-            ours: list[dict[str, float]] = []
-            bare: list[dict[str, float]] = []
-            for i in range(args.repeat):
-                ours.append(
-                    run_stage(stage, work, base, parent, files[stage], root / f"{stage}-s{i}")
+        rows = []
+        signs = []
+        for stage in stages:
+            settings = stage_settings(stage, steps[stage])
+            runs: dict[str, list[Run]] = {"tutord": [], "bare": []}
+            for i in range(args.repeats):
+                order = ["tutord", "bare"] if i % 2 == 0 else ["bare", "tutord"]
+                for side in order:
+                    work = root / f"{stage}-{side}-{i}"
+                    fn = run_tutord if side == "tutord" else run_bare
+                    runs[side].append(fn(stage, steps[stage], base, parent, files[stage], work))
+                print(
+                    f"  {stage} run {i + 1}: tutord {runs['tutord'][-1].wall_s:.1f} s "
+                    f"(train {runs['tutord'][-1].train_s:.1f}), bare {runs['bare'][-1].wall_s:.1f}"
+                    f" s (train {runs['bare'][-1].train_s:.1f})",
+                    flush=True,
                 )
-                bare.append(
-                    run_bare(stage, work, base, parent, files[stage], root / f"{stage}-b{i}")
-                )
-            wall = [max(r["tokens"] / r["train_s"] for r in runs) for runs in (ours, bare)]
-            cpu = [
-                statistics.median(r["tokens"] / r["cpu_s"] for r in runs) for runs in (ours, bare)
-            ]
-            print(
-                f"{stage:5} {work.max_steps:>5} {work.batch:>5} | "
-                f"{wall[0]:>12.0f} {wall[1]:>10.0f} "
-                f"{(wall[1] / wall[0] - 1) * 100:>7.1f}% | {cpu[0]:>16.0f} {cpu[1]:>14.0f} "
-                f"{(cpu[1] / cpu[0] - 1) * 100:>7.1f}% | "
-                f"{statistics.median(r['total_s'] for r in ours):>8.2f} "
-                f"{statistics.median(r['total_s'] for r in bare):>6.2f}"
+            a, b = runs["tutord"], runs["bare"]
+            wall_over = [(x.wall_s / y.wall_s - 1) * 100 for x, y in zip(a, b, strict=True)]
+            cpu_over = [(x.cpu_s / y.cpu_s - 1) * 100 for x, y in zip(a, b, strict=True)]
+            diff = max(adapter_difference(x.adapter, y.adapter) for x, y in zip(a, b, strict=True))
+            slower = [sum(v > 0 for v in over) for over in (wall_over, cpu_over)]
+            n = len(wall_over)
+            signs.append(
+                f"{stage}: tutord slower in {slower[0]} of {n} pairs by wall seconds "
+                f"(sign test p = {sign_test(slower[0], n):.2f}), {slower[1]} of {n} by CPU "
+                f"seconds (p = {sign_test(slower[1], n):.2f})"
             )
-            tokens = {round(r["tokens"]) for r in ours + bare}
-            if stage != "rl" and len(tokens) != 1:
-                print(f"      note: token counts differ between runs: {sorted(tokens)}")
-    print(
-        "tok/s: wall clock, best run; tok/cpu-s: per CPU-second of this process, median run "
-        "(steadier when other processes share the cores); overhead = bare / tutord - 1; "
-        "s: whole run, median"
-    )
+            unit = {"sft": "chats", "dpo": "pairs", "rl": "completions"}[stage]
+            name = {"sft": "SFT", "dpo": "DPO", "rl": "RL (GRPO)"}[stage]
+            rows.append(
+                (
+                    f"{name}, {steps[stage]} steps x {settings.per_device_batch_size} {unit}",
+                    spread([r.wall_s for r in a], ".1f"),
+                    spread([r.wall_s for r in b], ".1f"),
+                    spread(wall_over, "+.0f", "%"),
+                    spread([r.cpu_s for r in a], ".1f"),
+                    spread([r.cpu_s for r in b], ".1f"),
+                    spread(cpu_over, "+.0f", "%"),
+                    spread([r.train_s for r in a], ".1f"),
+                    spread([r.train_s for r in b], ".1f"),
+                    f"{diff:.0e}" if diff else "0",
+                )
+            )
+        header = (
+            "stage",
+            "tutord wall s",
+            "bare wall s",
+            "overhead (wall)",
+            "tutord CPU s",
+            "bare CPU s",
+            "overhead (CPU)",
+            "tutord in train() s",
+            "bare in train() s",
+            "max weight diff",
+        )
+        print()
+        print("| " + " | ".join(header) + " |")
+        print("|" + " --- |" * len(header))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        print()
+        for line in signs:
+            print(line)
+        print()
+        for note in NOTES:
+            print(textwrap.fill(note, width=100))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""How much the demo's loop teaches, over several seeds: the numbers behind the README's tables.
+
+Runs `tutord demo`'s settings (daemon/demo.py: same plan, same configuration) for each seed
+in a fresh home, with the no-replay ablation, and once more per seed with the judge
+disabled. All runs share one bootstrapped base model (the loop's traffic and cycles vary
+with the seed, the base does not). Prints, per cycle and family, the median and range over
+seeds of production before the cycle and of the candidate; the stages the curriculum chose;
+the judge's agreement with the verifiers per cycle; final production per family with the
+judge on and off; and forgetting (best score of a family minus its final score) with and
+without replay.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/efficacy.py --seeds 3 --out efficacy.json
+
+It takes about (1 + 1 + 1) demo runs per seed: plan on 25-35 minutes per seed on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from daemon.demo import BOOTSTRAP_STEPS, PLAN, run_demo
+from world.pretrain import bootstrap
+
+FAMILIES = ("add", "sub", "mul")
+
+
+def spread(values: Sequence[float]) -> str:
+    """Median and range of `values`, or '-' when there are none.
+
+    >>> spread([0.5, 0.9, 0.7])
+    '0.70 [0.50-0.90]'
+    """
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def production_after(cycle: dict[str, Any]) -> dict[str, float]:
+    """Production's scores after a cycle: the candidate's when promoted, else before."""
+    if cycle["outcome"] == "promoted":
+        return dict(cycle["candidate_scores"])
+    return dict(cycle["production_before"])
+
+
+def final_scores(cycles: list[dict[str, Any]]) -> dict[str, float]:
+    """Each family's production score after the last cycle that measured it."""
+    out: dict[str, float] = {}
+    for cycle in cycles:
+        out.update(production_after(cycle))
+    return out
+
+
+def forgetting(cycles: list[dict[str, Any]]) -> dict[str, float]:
+    """Per family: its best production score minus its final one (0 when never worse)."""
+    best: dict[str, float] = {}
+    for cycle in cycles:
+        for family, score in production_after(cycle).items():
+            best[family] = max(best.get(family, 0.0), score)
+    final = final_scores(cycles)
+    return {f: round(best[f] - final[f], 4) for f in best}
+
+
+def report(runs: list[dict[str, Any]], judge_off: list[dict[str, Any]]) -> str:
+    lines = [f"{len(runs)} seeds; median [range] over seeds", ""]
+    n_cycles = max(len(r["cycles"]) for r in runs)
+    lines.append(
+        "cycle  stages chosen        judge agreement   "
+        + "   ".join(f"{f}: production -> candidate" for f in FAMILIES)
+    )
+    for i in range(n_cycles):
+        cycles = [r["cycles"][i] for r in runs if i < len(r["cycles"])]
+        stages = Counter(c["stage"] or "none" for c in cycles)
+        agreement = [c["judge_agreement"] for c in cycles if c["judge_agreement"] is not None]
+        cells = []
+        for f in FAMILIES:
+            before = [c["production_before"][f] for c in cycles if f in c["production_before"]]
+            after = [c["candidate_scores"][f] for c in cycles if f in c["candidate_scores"]]
+            cells.append(f"{spread(before)} -> {spread(after)}")
+        outcomes = Counter(c["outcome"] or "skipped" for c in cycles)
+        lines.append(
+            f"{i:>5}  {', '.join(f'{k} x{v}' for k, v in sorted(stages.items())):<20} "
+            f"{spread(agreement):<17} "
+            + "   ".join(cells)
+            + f"   ({', '.join(f'{k} x{v}' for k, v in sorted(outcomes.items()))})"
+        )
+    lines.append("")
+    lines.append("final production per family: judge on | judge off")
+    for f in FAMILIES:
+        on = [final_scores(r["cycles"]).get(f) for r in runs]
+        off = [final_scores(r["cycles"]).get(f) for r in judge_off]
+        lines.append(
+            f"  {f}: {spread([v for v in on if v is not None])} | "
+            f"{spread([v for v in off if v is not None])}"
+        )
+    lines.append("")
+    lines.append("forgetting of earlier families (best - final): with replay | without")
+    for f in FAMILIES[:-1]:
+        with_replay = [forgetting(r["cycles"]).get(f, 0.0) for r in runs]
+        without = [
+            forgetting(r["ablation_cycles"]).get(f, 0.0) for r in runs if r.get("ablation_cycles")
+        ]
+        lines.append(f"  {f}: {spread(with_replay)} | {spread(without)}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--no-judge-off", action="store_true", help="Skip the judge-off runs.")
+    parser.add_argument("--no-ablation", action="store_true", help="Skip the no-replay runs.")
+    parser.add_argument("--cycles", type=int, default=len(PLAN), help="Cycles per run.")
+    parser.add_argument("--out", type=Path, help="Write every run's results as JSON here.")
+    args = parser.parse_args(argv)
+    plan = tuple(PLAN[: args.cycles]) + (None,) * max(0, args.cycles - len(PLAN))
+    with tempfile.TemporaryDirectory(prefix="tutord-efficacy-") as tmp:
+        root = Path(tmp)
+        base = root / "base"
+        bootstrap(base, max_steps=BOOTSTRAP_STEPS, seed=0, threads=1)
+        runs, judge_off = [], []
+        for seed in range(args.seeds):
+            result = run_demo(
+                root / f"seed-{seed}",
+                ablation=not args.no_ablation,
+                seed=seed,
+                plan=plan,
+                base=base,
+                say=lambda text: None,
+            )
+            runs.append(result)
+            print(f"seed {seed}: {result['seconds'] / 60:.1f} min", flush=True)
+            if not args.no_judge_off:
+                off = run_demo(
+                    root / f"seed-{seed}-judge-off",
+                    ablation=False,
+                    seed=seed,
+                    judge=False,
+                    plan=plan,
+                    base=base,
+                    say=lambda text: None,
+                )
+                judge_off.append(off)
+        print(report(runs, judge_off))
+        if args.out:
+            args.out.write_text(json.dumps({"runs": runs, "judge_off": judge_off}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
