@@ -1,15 +1,14 @@
 """`tutord demo`: the whole pipeline on the embedded arith world, from a fresh home.
 
-It bootstraps the world's base model, then runs real cycles while task families arrive:
-each family's logs are ingested and an SFT cycle trains on them (add, then sub, then
-mul), then a DPO cycle and an RL cycle. Every cycle synthesizes, trains, is gated by
-lm-eval and promoted or rejected. It prints a table of each cycle's scores per family
-(production before, candidate, decision) and writes the drift report. A no-replay
-ablation then repeats the SFT cycles with the same seeds and `replay.ratio = 0` in a
-second home, to measure how much forgetting replay prevents.
-
-Stages are named per cycle (not left to the curriculum) so that one short demo shows
-all three; `tutord cycle` without `--stage` lets the curriculum decide.
+It bootstraps the world's base model, then runs real cycles while traffic flows: before
+each cycle a batch of interaction logs of every released family arrives (add first, then
+sub, then mul join), mostly bare answers with some ratings and corrections, as real
+traffic is. Every cycle synthesizes, lets the CURRICULUM choose the stage from the data
+(its one-sentence reason is printed), trains, is gated by lm-eval and promoted or
+rejected. It prints a table of each cycle's scores per family (production before,
+candidate, decision) and writes the drift report. A no-replay ablation then repeats the
+same cycles with the same seeds and `replay.ratio = 0` in a second home, to measure how
+much forgetting replay prevents. Nothing here names a stage or a decision.
 """
 
 from __future__ import annotations
@@ -28,30 +27,25 @@ from sqlalchemy import select
 from daemon import migrate
 from daemon.cycle import run_cycle
 from daemon.home import Home
-from daemon.models import EvalRun, GateDecision
+from daemon.models import Cycle, EvalRun, GateDecision
 from daemon.policy import WORLD_BASE
 from daemon.report import write_drift_report
 from daemon.settings import Settings, load_settings
 from replay.db import make_engine, session_scope
 from replay.ingest import ingest_files
+from replay.models import SynthRun
 from stages.atomic import write_atomic
 from world.logs import generate_logs, write_jsonl
 from world.pretrain import bootstrap
 
-PLAN: tuple[tuple[str | None, str], ...] = (
-    ("add", "sft"),
-    ("sub", "sft"),
-    ("mul", "sft"),
-    (None, "dpo"),
-    (None, "rl"),
-)
-"""(family whose logs arrive before the cycle, stage of the cycle)."""
+PLAN: tuple[str | None, ...] = ("add", "sub", "mul", None, None, None)
+"""Per cycle: the family newly released before it (None: no new family); traffic of every
+released family keeps arriving before each cycle."""
 
 DEMO_CONFIG = {
     "model": {"threads": 1},
-    "synth": {"prompts": 32, "n": 4, "max_new_tokens": 16},
-    "judge": {"max_new_tokens": 8},
-    "gate": {"max_items": 100},
+    "synth": {"prompts": 64, "n": 4, "max_new_tokens": 16, "recent_interactions": 6000},
+    "judge": {"max_new_tokens": 24},
     "train": {
         "sft": {"max_steps": 300, "learning_rate": 0.003},
         "dpo": {"max_steps": 40, "learning_rate": 0.0005, "beta": 0.1},
@@ -66,7 +60,10 @@ DEMO_CONFIG = {
         },
     },
 }
-LOGS_PER_FAMILY = 600
+LOGS_PER_FAMILY = 3000
+"""Logs of a family in the cycle it arrives."""
+TRAFFIC_PER_CYCLE = 500
+"""Logs of each earlier family before every later cycle."""
 BOOTSTRAP_STEPS = 600
 
 
@@ -81,12 +78,18 @@ class CycleRow:
     candidate_scores: dict[str, float]
     reason: str
     seconds: float
+    curriculum: str = ""
+    """The curriculum's one-sentence reason for the stage."""
+    judge_agreement: float | None = None
+    """The cycle's synthesis run: judge-verifier agreement on held-out verifiable candidates."""
 
 
-def _settings(home: Home, replay_ratio: float | None) -> Settings:
+def _settings(home: Home, replay_ratio: float | None, judge: bool = True) -> Settings:
     config = json.loads(json.dumps(DEMO_CONFIG))
     if replay_ratio is not None:
         config["replay"] = {"ratio": replay_ratio}
+    if not judge:
+        config["judge"] = {**config["judge"], "enabled": False}
     return Settings.model_validate(load_settings(home.root).model_dump() | config)
 
 
@@ -117,6 +120,10 @@ def _cycle_row(
                 for r in s.execute(select(EvalRun).where(EvalRun.cycle_id == cycle_id)).scalars()
             }
             gate = s.execute(select(GateDecision).where(GateDecision.cycle_id == cycle_id)).scalar()
+            cycle = s.get(Cycle, cycle_id)
+            run = s.get(SynthRun, cycle.synth_run_id) if cycle and cycle.synth_run_id else None
+            agreement = (run.health or {}).get("agreement") if run else None
+            curriculum = (cycle.decision_reason or "") if cycle else ""
     finally:
         engine.dispose()
     return CycleRow(
@@ -129,18 +136,22 @@ def _cycle_row(
         _scores(runs["candidate"]) if "candidate" in runs else {},
         gate.reason if gate else summary_reason,
         round(seconds, 1),
+        curriculum,
+        agreement,
     )
 
 
 def _run_plan(
     home: Home,
     base_dir: Path,
-    plan: tuple[tuple[str | None, str], ...],
+    plan: tuple[str | None, ...],
     replay_ratio: float | None,
     say: Callable[[str], None],
+    seed: int = 0,
+    judge: bool = True,
 ) -> list[CycleRow]:
     home.create()
-    settings = _settings(home, replay_ratio)
+    settings = _settings(home, replay_ratio, judge)
     engine = make_engine(home.database_url(settings))
     migrate.upgrade(engine)
     target = home.root / WORLD_BASE
@@ -148,15 +159,21 @@ def _run_plan(
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(base_dir, target)
     rows = []
-    for i, (family, stage) in enumerate(plan):
+    released: list[str] = []
+    for i, family in enumerate(plan):
+        batch = [(f, TRAFFIC_PER_CYCLE) for f in released]
         if family is not None:
-            logs = home.root / f"{family}-logs.jsonl"
-            with logs.open("w", encoding="utf-8") as fh:
-                write_jsonl(generate_logs(family, LOGS_PER_FAMILY, seed=10 + i), fh)
-            report = ingest_files(engine, [logs], source="demo", quarantine_dir=home.quarantine)
-            say(f"ingested {report.ingested} {family} interactions")
+            released.append(family)
+            batch.append((family, LOGS_PER_FAMILY))
+        logs = home.root / f"traffic-{i}.jsonl"
+        with logs.open("w", encoding="utf-8") as fh:
+            for name, count in batch:
+                write_jsonl(generate_logs(name, count, seed=1000 * seed + 100 * i + len(name)), fh)
+        report = ingest_files(engine, [logs], source="demo", quarantine_dir=home.quarantine)
+        arrived = ", ".join(f"{count} {name}" for name, count in batch)
+        say(f"cycle {i}: {report.ingested} interactions arrived ({arrived})")
         started = time.monotonic()
-        summary = run_cycle(engine, home, settings, stage=stage, seed=i, say=say)
+        summary = run_cycle(engine, home, settings, seed=1000 * seed + i, say=say)
         rows.append(
             _cycle_row(
                 home,
@@ -195,21 +212,34 @@ def table(rows: list[CycleRow]) -> str:
 
 
 def run_demo(
-    root: Path, *, ablation: bool = True, say: Callable[[str], None] = print
+    root: Path,
+    *,
+    ablation: bool = True,
+    seed: int = 0,
+    judge: bool = True,
+    plan: tuple[str | None, ...] = PLAN,
+    base: Path | None = None,
+    say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the demo in `root` (a fresh home; the ablation's home goes beside it)."""
+    """Run the demo in `root` (a fresh home; the ablation's home goes beside it). `seed`
+    varies the traffic and the cycles (not the base model); `judge=False` runs it with the
+    judge disabled; `plan` lists the family released before each cycle; `base` is a
+    bootstrapped world model to copy instead of bootstrapping one."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.monotonic()
     home = Home(root)
     if home.root.exists() and any(home.root.iterdir()):
         raise FileExistsError(f"{home.root} is not empty; the demo needs a fresh home")
     base_dir = home.root / WORLD_BASE
-    say(f"bootstrapping the world's base model ({BOOTSTRAP_STEPS} steps on 1 thread) ...")
     t0 = time.monotonic()
-    bootstrap(base_dir, max_steps=BOOTSTRAP_STEPS, seed=0, threads=1)
+    if base is not None:
+        shutil.copytree(base, base_dir)
+    else:
+        say(f"bootstrapping the world's base model ({BOOTSTRAP_STEPS} steps on 1 thread) ...")
+        bootstrap(base_dir, max_steps=BOOTSTRAP_STEPS, seed=0, threads=1)
     boot_seconds = time.monotonic() - t0
-    rows = _run_plan(home, base_dir, PLAN, None, say)
-    settings = _settings(home, None)
+    rows = _run_plan(home, base_dir, plan, None, say, seed, judge)
+    settings = _settings(home, None, judge)
     engine = make_engine(home.database_url(settings))
     html, _json = write_drift_report(engine, home, home.reports)
     engine.dispose()
@@ -222,12 +252,11 @@ def run_demo(
         "report": str(html),
     }
     if ablation:
-        sft_plan = tuple(step for step in PLAN if step[1] == "sft")
-        say("\nablation: the same SFT cycles with replay.ratio = 0 ...")
+        say("\nablation: the same cycles with replay.ratio = 0 ...")
         ablation_home = Home(home.root.parent / f"{home.root.name}-no-replay")
         if ablation_home.root.exists():
             shutil.rmtree(ablation_home.root)
-        no_replay = _run_plan(ablation_home, base_dir, sft_plan, 0.0, lambda text: None)
+        no_replay = _run_plan(ablation_home, base_dir, plan, 0.0, lambda text: None, seed, judge)
         say(table(no_replay))
         with_replay = rows[: len(no_replay)]
         comparison = []
@@ -241,7 +270,7 @@ def run_demo(
                 }
             )
         say(
-            "\nreplay ablation (candidate scores after each SFT cycle; "
+            "\nreplay ablation (candidate scores after each cycle; "
             "forgetting shows on earlier families):"
         )
         for c in comparison:
@@ -253,6 +282,7 @@ def run_demo(
             )
             say(f"  after {c['arrived']}: with replay vs without: {cells}")
         result["ablation"] = comparison
+        result["ablation_cycles"] = [r.__dict__ for r in no_replay]
     result["seconds"] = round(time.monotonic() - started, 1)
     say(f"\ndemo finished in {result['seconds'] / 60:.1f} minutes")
     out = home.reports / "demo.json"

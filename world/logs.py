@@ -7,8 +7,11 @@ reference answer, the task label and, sometimes, the user's feedback:
      "task", "reference", "feedback"?: {"rating": -1|0|1, "correction"?: str},
      "metadata": {"world": "arith", "correct": bool}}
 
-The mix (`LogMix`): right answers with a thumbs up, wrong ones with a thumbs down, wrong
-ones with a thumbs down and a correction, and right or wrong ones with no feedback. Replies
+The mix (`LogMix`) is like real traffic: most records are BARE (right or wrong answers with
+no feedback and no reference: for them the self-judge is the only signal), some are rated
+(a thumbs up on a right answer, a thumbs down on a wrong one) and a few corrected (a thumbs
+down and the right answer). Rated and corrected records carry the reference; bare ones
+do not (`LogMix.bare_reference` gives them one too, for experiments with an oracle). Replies
 vary in style ("7", "The answer is 7.", "3+4=7"); wrong values are near misses. The same
 seed gives the same records. Questions come from the train side of the split unless told
 otherwise, so held-out prompts stay unseen. It does not read or write files (the CLI does).
@@ -51,11 +54,13 @@ _CORRECTIONS = (
 class LogMix:
     """Relative weights of the kinds of record (they need not sum to 1)."""
 
-    right_thumbs_up: float = 0.35
-    wrong_thumbs_down: float = 0.2
-    wrong_corrected: float = 0.15
-    right_no_feedback: float = 0.15
-    wrong_no_feedback: float = 0.15
+    right_thumbs_up: float = 0.1
+    wrong_thumbs_down: float = 0.1
+    wrong_corrected: float = 0.1
+    right_no_feedback: float = 0.35
+    wrong_no_feedback: float = 0.35
+    bare_reference: bool = False
+    """Give records without feedback a reference too (an oracle real traffic lacks)."""
 
     def kinds(self) -> tuple[tuple[str, ...], tuple[float, ...]]:
         names = (
@@ -125,6 +130,8 @@ def iter_logs(
             "reference": problem.answer,
             "metadata": {"world": "arith", "correct": correct},
         }
+        if kind.endswith("no_feedback") and not (mix or LogMix()).bare_reference:
+            del record["reference"]
         if kind.endswith("thumbs_up"):
             record["feedback"] = {"rating": 1}
         elif kind.endswith("thumbs_down"):

@@ -12,7 +12,7 @@ import hashlib
 from typing import Literal
 
 Split = Literal["train", "heldout"]
-HELDOUT_PERCENT = 10
+HELDOUT_PERCENT = 25
 
 
 def _normalize(text: str) -> str:

@@ -147,6 +147,10 @@ def _families(config: WorldConfig) -> dict[str, TaskFamily]:
             "What is the sum of {a} and {b}?",
             "Add {a} and {b}.",
             "How much is {a} plus {b}?",
+            "What do you get when you add {a} and {b}?",
+            "Find {a} + {b}.",
+            "Calculate {a} plus {b}.",
+            "What is {a} plus {b}?",
         ),
         statements=(
             "{a}+{b}={c}",
@@ -169,6 +173,10 @@ def _families(config: WorldConfig) -> dict[str, TaskFamily]:
             "What is the difference of {a} and {b}?",
             "Subtract {b} from {a}.",
             "How much is {a} minus {b}?",
+            "What do you get when you take {b} from {a}?",
+            "Find {a} - {b}.",
+            "Calculate {a} minus {b}.",
+            "What is {a} minus {b}?",
         ),
         statements=(
             "{a}-{b}={c}",
@@ -190,6 +198,10 @@ def _families(config: WorldConfig) -> dict[str, TaskFamily]:
             "What is the product of {a} and {b}?",
             "Multiply {a} by {b}.",
             "How much is {a} times {b}?",
+            "What do you get when you multiply {a} by {b}?",
+            "Find {a} * {b}.",
+            "Calculate {a} times {b}.",
+            "What is {a} times {b}?",
         ),
         statements=(
             "{a}*{b}={c}",

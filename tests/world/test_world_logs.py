@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from replay.records import parse_record
 from world.corpus import CorpusStream, sample_text
 from world.logs import generate_logs
 from world.split import split_of
-from world.tasks import get_family
+from world.tasks import families, get_family
 from world.tokenizer import build_tokenizer
 from world.verify import verify_integer
 
@@ -35,11 +36,15 @@ def test_logs_mix_and_truth() -> None:
     for r in records:
         fb = r.get("feedback")
         reply = r["messages"][-1]["content"]
-        score = verify_integer([r["messages"][0]["content"]], [reply], reference=[r["reference"]])
+        truth = families()["add"].answer(*map(int, re.findall(r"\d+", r["messages"][0]["content"])))
+        score = verify_integer([r["messages"][0]["content"]], [reply], reference=[truth])
         assert score == [1.0 if r["metadata"]["correct"] else 0.0]
         if fb is None:
+            assert "reference" not in r  # bare traffic: no oracle
             kinds["none"] += 1
-        elif fb["rating"] == 1:
+            continue
+        assert r["reference"] == truth
+        if fb["rating"] == 1:
             assert r["metadata"]["correct"]
             kinds["up"] += 1
         elif "correction" in fb:
@@ -50,6 +55,7 @@ def test_logs_mix_and_truth() -> None:
             assert fb["rating"] == -1 and not r["metadata"]["correct"]
             kinds["down"] += 1
     assert all(kinds[k] > 20 for k in ("none", "up", "corrected", "down"))
+    assert 0.6 < kinds["none"] / len(records) < 0.8  # most traffic is bare
     assert all(split_of(r["messages"][0]["content"]) == "train" for r in records)
 
 
