@@ -5,11 +5,8 @@ lists it and answers chat requests addressed to it."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +18,7 @@ import pytest
 from stages.generate.api import SamplingParams
 from stages.generate.openai_http import BackendError, OpenAIBackend
 from tests.cli_support import run_tutord
+from tests.server_support import free_port, stop_process_group
 from world.logs import generate_logs, write_jsonl
 from world.pretrain import bootstrap
 
@@ -38,27 +36,6 @@ def vllm_missing() -> str | None:
     except (ImportError, ValueError) as exc:
         return f"vllm cannot be imported: {exc}"
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, then SIGKILL what is left."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +85,7 @@ def server(home: Path) -> Iterator[str]:
                     pytest.fail(f"vLLM server not ready after {START_TIMEOUT_S} s:\n{tail}")
         yield url
     finally:
-        stop(process)
+        stop_process_group(process)
 
 
 def test_a_promoted_adapter_is_served_under_its_version_name(home: Path, server: str) -> None:

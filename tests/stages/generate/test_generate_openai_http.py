@@ -4,10 +4,7 @@ same greedy text as the transformers backend."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,32 +16,12 @@ import pytest
 from stages.generate.api import AdapterRef, SamplingParams
 from stages.generate.hf import TransformersBackend
 from stages.generate.openai_http import BackendError, OpenAIBackend
+from tests.server_support import free_port, stop_process_group
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 GREEDY = SamplingParams(max_new_tokens=24)
 START_TIMEOUT_S = 240.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop_process_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group (it has worker children), then SIGKILL it."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-    with contextlib.suppress(ProcessLookupError):  # children that outlived the leader
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
