@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,13 +15,11 @@ import pytest
 from stages.generate.api import SamplingParams
 from stages.generate.openai_http import BackendError, OpenAIBackend
 from tests.cli_support import run_tutord
-from tests.server_support import free_port, stop_process_group
+from tests.server_support import vllm_server
 from world.logs import generate_logs, write_jsonl
 from world.pretrain import bootstrap
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-
-START_TIMEOUT_S = 240.0
 
 
 def vllm_missing() -> str | None:
@@ -54,38 +49,8 @@ def server(home: Path) -> Iterator[str]:
         if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
             pytest.fail(f"{message} (CI must run the vllm tests)")
         pytest.skip(message)
-    port = free_port()
-    log_path = home.parent / "server.log"
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(home / "world" / "arith-base"),
-        "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.1",
-        "--enable-lora", "--max-lora-rank", "16",
-        "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        client = OpenAIBackend(str(home / "world" / "arith-base"), base_url=url, timeout=5)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                pytest.fail(f"vLLM server exited with {process.returncode}:\n{tail}")
-            try:
-                client.wait_ready(timeout=2, interval=0.5)
-                break
-            except BackendError:
-                if time.monotonic() > deadline:
-                    tail = log_path.read_text(errors="replace")[-3000:]
-                    pytest.fail(f"vLLM server not ready after {START_TIMEOUT_S} s:\n{tail}")
+    with vllm_server(home / "world" / "arith-base", home.parent / "server.log", 16) as url:
         yield url
-    finally:
-        stop_process_group(process)
 
 
 def test_a_promoted_adapter_is_served_under_its_version_name(home: Path, server: str) -> None:

@@ -4,10 +4,6 @@ same greedy text as the transformers backend."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +12,11 @@ import pytest
 from stages.generate.api import AdapterRef, SamplingParams
 from stages.generate.hf import TransformersBackend
 from stages.generate.openai_http import BackendError, OpenAIBackend
-from tests.server_support import free_port, stop_process_group
+from tests.server_support import vllm_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 GREEDY = SamplingParams(max_new_tokens=24)
-START_TIMEOUT_S = 240.0
 
 
 @pytest.fixture(scope="module")
@@ -29,38 +24,9 @@ def server(
     require_vllm: None, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """The root URL of a vLLM OpenAI-compatible server serving the tiny model with LoRA."""
-    port = free_port()
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(tiny_model_dir),
-        "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.1",
-        "--enable-lora", "--max-lora-rank", "8",
-        "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        client = OpenAIBackend(str(tiny_model_dir), base_url=url, timeout=5)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                pytest.fail(f"vLLM server exited with {process.returncode}:\n{tail}")
-            try:
-                client.wait_ready(timeout=2, interval=0.5)
-                break
-            except BackendError:
-                if time.monotonic() > deadline:
-                    tail = log_path.read_text(errors="replace")[-3000:]
-                    pytest.fail(f"vLLM server not ready after {START_TIMEOUT_S} s:\n{tail}")
+    with vllm_server(tiny_model_dir, log_path, 8) as url:
         yield url
-    finally:
-        stop_process_group(process)
 
 
 @pytest.fixture(scope="module")
