@@ -45,7 +45,9 @@ def _probe(home: Home, settings: Settings) -> list[tuple[list[dict[str, str]], N
     ]
 
 
-def _traffic(engine: Engine) -> tuple[dict[str, float], dict[str, float]]:
+def _traffic(engine: Engine, contradicted: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Task mix and feedback rates of the recent interactions; `contradicted` (feedback the
+    grader contradicted in the cycle's synthesis run) becomes a rate over them too."""
     with session_scope(engine) as s:
         rows = s.execute(
             select(Interaction.task, Interaction.feedback_rating, Interaction.feedback_correction)
@@ -57,10 +59,10 @@ def _traffic(engine: Engine) -> tuple[dict[str, float], dict[str, float]]:
     mix = Counter(task or "(none)" for task, _, _ in rows)
     n = len(rows)
     rates = {
-        "read": float(n),
         "thumbs_up": sum(1 for _, r, _ in rows if r == 1) / n,
         "thumbs_down": sum(1 for _, r, _ in rows if r == -1) / n,
         "corrected": sum(1 for _, _, c in rows if c) / n,
+        "contradicted": contradicted / n,
     }
     return {k: v / n for k, v in mix.items()}, rates
 
@@ -109,9 +111,7 @@ def record_snapshot(engine: Engine, home: Home, settings: Settings, cycle: Cycle
         else (0.0 if probe else None)
     )
     judge_mean, agreement, contradicted = _judge_figures(engine, cycle.synth_run_id)
-    traffic, feedback = _traffic(engine)
-    if feedback:
-        feedback["contradicted"] = contradicted / feedback.pop("read")
+    traffic, feedback = _traffic(engine, contradicted)
     with session_scope(engine) as s:
         gate = s.execute(select(GateDecision).where(GateDecision.cycle_id == cycle.id)).scalar()
         detectable = {
