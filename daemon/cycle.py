@@ -38,7 +38,7 @@ from daemon.report import record_snapshot
 from daemon.settings import Settings
 from daemon.stage_choice import choose_stage, last_marks
 from daemon.synth_run import run_synth
-from daemon.tasks import live_tasks
+from daemon.tasks import grader_spec, live_tasks
 from judges.tasks import heldout_keys
 from replay.buffer import NewReplayItem
 from replay.db import session_scope
@@ -170,8 +170,6 @@ def _assemble(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
         )
     marks_now = newest(ctx.engine)
     tasks = live_tasks(ctx.engine, ctx.home, ctx.settings)
-    fallback = ctx.settings.synth.default_verifier
-    fallback = None if fallback == "none" else fallback
     rows = fresh_rows(ctx.engine, decision.stage, last_marks(ctx.engine, decision.stage))
     dataset = assemble(
         ctx.engine,
@@ -182,7 +180,7 @@ def _assemble(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
         seed=cycle.seed,
         marks=marks_now,
         heldout=heldout_keys(tasks.values()),
-        grader_of=lambda task: tasks[task].grader if task in tasks else fallback,
+        grader_of=lambda task: grader_spec(ctx.settings, tasks, task),
     )
     ctx.say(
         f"  dataset: {dataset.fresh} fresh + {dataset.replay} replay rows "

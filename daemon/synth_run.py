@@ -31,7 +31,7 @@ from daemon.policy import (
     production_adapter,
 )
 from daemon.settings import Settings
-from daemon.tasks import live_tasks
+from daemon.tasks import grader_spec, live_tasks
 from judges.feedback import FeedbackItem, check_feedback, feedback_data
 from judges.graders import resolve_grader
 from judges.judge_training import JUDGE_TASK, judge_examples
@@ -93,13 +93,11 @@ class SynthSummary:
 def verifier_for(
     settings: Settings, tasks: dict[str, Task]
 ) -> Callable[[str | None], Callable[..., list[float | None]] | None]:
-    """The grader of a task label: the task's own, else `synth.default_verifier` (for
-    interactions with a reference and a label no task declares)."""
-    fallback = settings.synth.default_verifier
-    default = None if fallback == "none" else resolve_grader(fallback)
+    """The grader of a task label (`daemon.tasks.grader_spec`), resolved."""
 
     def pick(task: str | None) -> Callable[..., list[float | None]] | None:
-        return resolve_grader(tasks[task].grader) if task in tasks else default
+        spec = grader_spec(settings, tasks, task)
+        return None if spec is None else resolve_grader(spec)
 
     return pick
 
@@ -375,6 +373,7 @@ def run_synth(
         interactions = _recent_interactions(engine, s.recent_interactions)
         tasks = live_tasks(engine, home, settings)
         heldout = heldout_keys(tasks.values())
+        grade = verifier_for(settings, tasks)
         items, excluded = gather_prompts(
             settings, prompts or s.prompts, seed, interactions, tasks, heldout
         )
@@ -415,7 +414,7 @@ def run_synth(
             items,
             policy,
             adapter=adapter,
-            verifier_for=verifier_for(settings, tasks),
+            verifier_for=grade,
             judge=judge,
             config=config,
         )
@@ -434,7 +433,7 @@ def run_synth(
                 if (r.feedback_rating is not None or r.feedback_correction)
                 and prompt_key(r.messages[:-1]) not in heldout
             ],
-            verifier_for(settings, tasks),
+            grade,
         )
         feedback = feedback_data(checked.consistent)
         judge_sft: list[SFTItem] = []

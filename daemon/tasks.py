@@ -176,6 +176,15 @@ def load_tasks(home: Home, settings: Settings, step: int) -> dict[str, Task]:
     return tasks
 
 
+def grader_spec(settings: Settings, tasks: dict[str, Task], task: str | None) -> str | None:
+    """The grader spec of a task label: the task's own, else `synth.default_verifier` (for a
+    label no task declares); None when that is "none"."""
+    if task in tasks:
+        return tasks[task].grader
+    fallback = settings.synth.default_verifier
+    return None if fallback == "none" else fallback
+
+
 def live_tasks(engine: Engine, home: Home, settings: Settings) -> dict[str, Task]:
     """`load_tasks` at the release step the database has reached."""
     return load_tasks(home, settings, release_step(engine))
