@@ -19,17 +19,15 @@ The candidate is published to the adapter registry and a `StageResult` written t
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from stages import policy, process, stage_run, training_data
+from stages import policy, stage_run, training_data
 from stages.configs import DPOStageConfig
-from stages.stage_io import ConfigError, StageResult, load_config, read_result
+from stages.stage_io import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -59,50 +57,17 @@ def setup(config: DPOStageConfig) -> DPOSession:
     """Load data, policy and trainer; check the reference; find a checkpoint to resume from."""
     from trl import DPOConfig, DPOTrainer
 
-    for name in ("base_model", "train_file", "output_dir"):
-        if not getattr(config, name):
-            raise ConfigError(f"{name} is required")
-    started = stage_run.begin(config, STAGE)
-    parent_version = policy.resolve_parent(
-        config.parent_adapter, config.parent_version, config.base_model
-    )
-    rows, summary = training_data.load_rows(config.train_file, ["prompt", "chosen", "rejected"])
-    _check_rows(rows, config.train_file)
-    dtype, bf16 = process.resolve_precision(config.precision)
-    lora = policy.lora_config(
-        config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules
-    )
-    model, peft_config, tokenizer = policy.load_policy(
-        config.base_model, config.parent_adapter, lora=lora, dtype=dtype
-    )
-    parent = policy.trainable_adapter_state(model) if peft_config is None else None
+    inputs = stage_run.load_inputs(config, STAGE, ["prompt", "chosen", "rejected"], _check_rows)
+    parent = policy.trainable_adapter_state(inputs.model) if inputs.peft_config is None else None
     args = DPOConfig(
-        **stage_run.training_kwargs(config, bf16=bf16),
+        **stage_run.training_kwargs(config, bf16=inputs.bf16),
         max_length=config.max_length,
         beta=config.beta,
     )
-    monitor = stage_run.make_monitor(config, started)
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=training_data.to_dataset(rows),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[monitor],
-    )
-    stage_run.quiet(trainer)
-    reference = policy.check_reference(trainer, parent)
+    dataset = training_data.to_dataset(inputs.rows)
+    run = stage_run.build_run(STAGE, config, inputs, DPOTrainer, args, dataset)
+    reference = policy.check_reference(run.trainer, parent)
     log.info("DPO reference policy: %s", reference)
-    run = stage_run.StageRun(
-        stage=STAGE,
-        config=config,
-        trainer=trainer,
-        monitor=monitor,
-        dataset=summary,
-        parent_version=parent_version,
-        resume_from=stage_run.find_resume(config),
-        started=started,
-    )
     return DPOSession(run=run, reference=reference)
 
 
@@ -117,30 +82,14 @@ def cleanup(session: DPOSession | None) -> None:
 
 def run(config: DPOStageConfig) -> StageResult:
     """The whole stage. A finished run (result.json present) is returned as it is."""
-    done = read_result(config.output_dir) if config.output_dir else None
-    if done is not None:
-        log.info("%s has a result already (%s): nothing to do", config.output_dir, done.status)
-        return done
-    session = None
-    try:
-        session = setup(config)
-        return train(session)
-    finally:
-        cleanup(session)
+    return stage_run.run_stage(config, setup, train, cleanup)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m stages.dpo --config FILE`: exit 0 when the stage completed, 1 otherwise."""
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.dpo", description=__doc__.split("\n")[0]
+    return stage_run.main(
+        DPOStageConfig, run, argv, prog="python -m stages.dpo", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--config", required=True, type=Path, help="JSON config file")
-    args = parser.parse_args(argv)
-    config = load_config(DPOStageConfig, args.config)
-    if config.output_dir:
-        process.configure_logging(Path(config.output_dir))
-    result = run(config)
-    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

@@ -21,19 +21,17 @@ It does not write reward functions (judges/ and the world do) or evaluate.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from stages import policy, process, stage_run, training_data
 from stages.configs import RLStageConfig
 from stages.dotted import import_object
 from stages.monitor import StageMonitor
-from stages.stage_io import ConfigError, StageResult, load_config, read_result
+from stages.stage_io import ConfigError, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +85,6 @@ def setup(config: RLStageConfig) -> RLSession:
     """Load data, rewards, policy and trainer; check the reference; find a checkpoint."""
     from trl import GRPOConfig, GRPOTrainer
 
-    for name in ("base_model", "train_file", "output_dir"):
-        if not getattr(config, name):
-            raise ConfigError(f"{name} is required")
     if not config.reward_functions:
         raise ConfigError("reward_functions is empty")
     if config.reward_weights is not None and len(config.reward_weights) != len(
@@ -107,22 +102,10 @@ def setup(config: RLStageConfig) -> RLSession:
             f"completions per step is not a multiple of num_generations={config.num_generations}"
         )
     rewards = [resolve_reward(path) for path in config.reward_functions]
-    started = stage_run.begin(config, STAGE)
-    parent_version = policy.resolve_parent(
-        config.parent_adapter, config.parent_version, config.base_model
-    )
-    rows, summary = training_data.load_rows(config.train_file, ["prompt"])
-    _check_rows(rows, config.train_file)
-    dtype, bf16 = process.resolve_precision(config.precision)
-    lora = policy.lora_config(
-        config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules
-    )
-    model, peft_config, tokenizer = policy.load_policy(
-        config.base_model, config.parent_adapter, lora=lora, dtype=dtype
-    )
-    parent = policy.trainable_adapter_state(model) if peft_config is None else None
+    inputs = stage_run.load_inputs(config, STAGE, ["prompt"], _check_rows)
+    parent = policy.trainable_adapter_state(inputs.model) if inputs.peft_config is None else None
     args = GRPOConfig(
-        **stage_run.training_kwargs(config, bf16=bf16),
+        **stage_run.training_kwargs(config, bf16=inputs.bf16),
         num_generations=config.num_generations,
         max_completion_length=config.max_completion_length,
         temperature=config.temperature,
@@ -130,29 +113,18 @@ def setup(config: RLStageConfig) -> RLSession:
         reward_weights=list(config.reward_weights) if config.reward_weights else None,
     )
     groups_per_step = completions // config.num_generations
-    monitor = stage_run.make_monitor(config, started, groups_per_step=groups_per_step)
-    trainer = GRPOTrainer(
-        model=model,
+    run = stage_run.build_run(
+        STAGE,
+        config,
+        inputs,
+        GRPOTrainer,
+        args,
+        training_data.to_dataset(inputs.rows),
+        groups_per_step=groups_per_step,
         reward_funcs=rewards,
-        args=args,
-        train_dataset=training_data.to_dataset(rows),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[monitor],
     )
-    stage_run.quiet(trainer)
-    reference = "none" if config.beta == 0.0 else policy.check_reference(trainer, parent)
+    reference = "none" if config.beta == 0.0 else policy.check_reference(run.trainer, parent)
     log.info("GRPO reference policy for the KL term: %s", reference)
-    run = stage_run.StageRun(
-        stage=STAGE,
-        config=config,
-        trainer=trainer,
-        monitor=monitor,
-        dataset=summary,
-        parent_version=parent_version,
-        resume_from=stage_run.find_resume(config),
-        started=started,
-    )
     return RLSession(run=run, reference=reference, groups_per_step=groups_per_step)
 
 
@@ -174,28 +146,14 @@ def cleanup(session: RLSession | None) -> None:
 
 def run(config: RLStageConfig) -> StageResult:
     """The whole stage. A finished run (result.json present) is returned as it is."""
-    done = read_result(config.output_dir) if config.output_dir else None
-    if done is not None:
-        log.info("%s has a result already (%s): nothing to do", config.output_dir, done.status)
-        return done
-    session = None
-    try:
-        session = setup(config)
-        return train(session)
-    finally:
-        cleanup(session)
+    return stage_run.run_stage(config, setup, train, cleanup)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m stages.rl --config FILE`: exit 0 when the stage completed, 1 otherwise."""
-    parser = argparse.ArgumentParser(prog="python -m stages.rl", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, type=Path, help="JSON config file")
-    args = parser.parse_args(argv)
-    config = load_config(RLStageConfig, args.config)
-    if config.output_dir:
-        process.configure_logging(Path(config.output_dir))
-    result = run(config)
-    return 0 if result.ok else 1
+    return stage_run.main(
+        RLStageConfig, run, argv, prog="python -m stages.rl", description=__doc__.split("\n")[0]
+    )
 
 
 if __name__ == "__main__":

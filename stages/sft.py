@@ -15,17 +15,15 @@ It does not choose data, evaluate or promote the adapter (the daemon, judges and
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from stages import policy, process, stage_run, training_data
+from stages import stage_run, training_data
 from stages.configs import SFTStageConfig
-from stages.stage_io import ConfigError, StageResult, load_config, read_result
+from stages.stage_io import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -75,56 +73,22 @@ def setup(config: SFTStageConfig) -> SFTSession:
     """Load data, policy and trainer; find a checkpoint to resume from."""
     from trl import SFTConfig, SFTTrainer
 
-    for name in ("base_model", "train_file", "output_dir"):
-        if not getattr(config, name):
-            raise ConfigError(f"{name} is required")
-    started = stage_run.begin(config, STAGE)
-    parent_version = policy.resolve_parent(
-        config.parent_adapter, config.parent_version, config.base_model
-    )
-    rows, summary = training_data.load_rows(config.train_file, ["messages"])
-    _check_rows(rows, config.train_file)
-    dtype, bf16 = process.resolve_precision(config.precision)
-    lora = policy.lora_config(
-        config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules
-    )
-    model, peft_config, tokenizer = policy.load_policy(
-        config.base_model, config.parent_adapter, lora=lora, dtype=dtype
-    )
-    if has_generation_blocks(tokenizer):
+    inputs = stage_run.load_inputs(config, STAGE, ["messages"], _check_rows)
+    if has_generation_blocks(inputs.tokenizer):
         loss_mode = "assistant_only"
-        dataset = training_data.to_dataset(rows)
+        dataset = training_data.to_dataset(inputs.rows)
     else:
         loss_mode = "completion_only"
         log.info("the chat template has no generation blocks: training on the last turn")
-        dataset = training_data.to_dataset([to_prompt_completion(r) for r in rows])
+        dataset = training_data.to_dataset([to_prompt_completion(r) for r in inputs.rows])
     args = SFTConfig(
-        **stage_run.training_kwargs(config, bf16=bf16),
+        **stage_run.training_kwargs(config, bf16=inputs.bf16),
         max_length=config.max_length,
         assistant_only_loss=loss_mode == "assistant_only",
         completion_only_loss=True if loss_mode == "completion_only" else None,
         packing=False,
     )
-    monitor = stage_run.make_monitor(config, started)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[monitor],
-    )
-    stage_run.quiet(trainer)
-    run = stage_run.StageRun(
-        stage=STAGE,
-        config=config,
-        trainer=trainer,
-        monitor=monitor,
-        dataset=summary,
-        parent_version=parent_version,
-        resume_from=stage_run.find_resume(config),
-        started=started,
-    )
+    run = stage_run.build_run(STAGE, config, inputs, SFTTrainer, args, dataset)
     return SFTSession(run=run, loss_mode=loss_mode)
 
 
@@ -139,30 +103,14 @@ def cleanup(session: SFTSession | None) -> None:
 
 def run(config: SFTStageConfig) -> StageResult:
     """The whole stage. A finished run (result.json present) is returned as it is."""
-    done = read_result(config.output_dir) if config.output_dir else None
-    if done is not None:
-        log.info("%s has a result already (%s): nothing to do", config.output_dir, done.status)
-        return done
-    session = None
-    try:
-        session = setup(config)
-        return train(session)
-    finally:
-        cleanup(session)
+    return stage_run.run_stage(config, setup, train, cleanup)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m stages.sft --config FILE`: exit 0 when the stage completed, 1 otherwise."""
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.sft", description=__doc__.split("\n")[0]
+    return stage_run.main(
+        SFTStageConfig, run, argv, prog="python -m stages.sft", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--config", required=True, type=Path, help="JSON config file")
-    args = parser.parse_args(argv)
-    config = load_config(SFTStageConfig, args.config)
-    if config.output_dir:
-        process.configure_logging(Path(config.output_dir))
-    result = run(config)
-    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

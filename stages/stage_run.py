@@ -1,41 +1,48 @@
 """Running a stage from its config: set-up, the shared training arguments, training,
 publishing the adapter, and `result.json`.
 
-- `begin`: threads, the output folder and a copy of the config; `training_kwargs` / `quiet`:
-  the `TrainingArguments` every stage sets the same way, and no stdout printer.
-- `make_monitor` / `find_resume`: the run's `StageMonitor` and the checkpoint to resume from.
+- `begin`: the required fields, threads, the output folder and a copy of the config;
+  `training_kwargs` / `quiet`: the `TrainingArguments` every stage sets the same way, and no
+  stdout printer.
+- `load_inputs`: what every stage loads the same way (parent version, training rows, policy
+  through `stages.policy`); `build_run`: the monitor and the stage's TRL trainer, built alike,
+  as a `StageRun` with the checkpoint to resume from (`make_monitor` / `find_resume`).
 - `execute`: `Trainer.train`, then on rank 0 save the adapter and publish it through
   `stages.registry` (`save_adapter`, `publish_adapter`) and write `result.json`; it returns
   the `StageResult`. `cleanup` releases the trainer and the process group.
+- `run_stage` / `main`: a stage's setup, train and cleanup as one call, and its command line.
 
-It does not know any stage's dataset format or trainer class (the stage modules do), does not
-load the policy (`stages.policy`), and writes no training loop: TRL's trainers train.
+It does not know any stage's dataset format, trainer class or trainer arguments beyond the
+shared ones (the stage modules do), and writes no training loop: TRL's trainers train.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from transformers import PrinterCallback, ProgressCallback
 
-from stages import registry
+from stages import policy, registry, training_data
 from stages.atomic import write_atomic
 from stages.checkpoints import CHECKPOINTS, latest_checkpoint, restore_adapter_from_checkpoint
 from stages.monitor import StageMonitor
-from stages.process import rank, set_threads, use_cpu
+from stages.process import configure_logging, rank, resolve_precision, set_threads, use_cpu
 from stages.stage_io import (
     ConfigError,
     DatasetSummary,
     StageResult,
     config_to_dict,
+    load_config,
+    read_result,
     write_result,
 )
 
@@ -44,6 +51,9 @@ log = logging.getLogger(__name__)
 ADAPTER_DIR = "adapter"
 LOG_FILE = "logs.jsonl"
 CONFIG_COPY = "stage_config.json"  # not config.json: callers may keep theirs there
+REQUIRED = ("base_model", "train_file", "output_dir")
+
+Session = TypeVar("Session")
 
 
 # -- training arguments -----------------------------------------------------------------------
@@ -146,7 +156,11 @@ class StageRun:
 
 
 def begin(config: Any, stage: str) -> float:
-    """Start a stage: threads, output folder, a copy of the config; returns the start time."""
+    """Start a stage: the required fields, threads, output folder, a copy of the config;
+    returns the start time."""
+    for name in REQUIRED:
+        if not getattr(config, name):
+            raise ConfigError(f"{name} is required")
     started = time.monotonic()
     set_threads(config.threads)
     output_dir = Path(config.output_dir)
@@ -179,6 +193,96 @@ def find_resume(config: Any) -> Path | None:
     if checkpoint is not None:
         log.info("resuming from %s", checkpoint)
     return checkpoint
+
+
+# -- what every stage sets up the same way -----------------------------------------------------
+
+
+@dataclass
+class StageInputs:
+    """What `load_inputs` loaded for a stage's trainer: the policy (`peft_config` is None when
+    the parent adapter is continued, else the fresh LoRA TRL applies), its tokenizer, the
+    training rows and their summary, and the run's start time and parent version."""
+
+    started: float
+    parent_version: int | None
+    rows: list[dict[str, Any]]
+    dataset: DatasetSummary
+    model: Any
+    peft_config: Any
+    tokenizer: Any
+    bf16: bool
+
+
+def load_inputs(
+    config: Any,
+    stage: str,
+    columns: Sequence[str],
+    check_rows: Callable[[list[dict[str, Any]], str], None],
+) -> StageInputs:
+    """`begin` the stage, resolve its parent adapter's version, read the training file (every
+    row with the `columns`, then `check_rows(rows, train_file)`) and load the policy in the
+    configured precision and LoRA shape (`stages.policy.load_policy`)."""
+    started = begin(config, stage)
+    parent_version = policy.resolve_parent(
+        config.parent_adapter, config.parent_version, config.base_model
+    )
+    rows, dataset = training_data.load_rows(config.train_file, columns)
+    check_rows(rows, config.train_file)
+    dtype, bf16 = resolve_precision(config.precision)
+    lora = policy.lora_config(
+        config.lora_r, config.lora_alpha, config.lora_dropout, config.target_modules
+    )
+    model, peft_config, tokenizer = policy.load_policy(
+        config.base_model, config.parent_adapter, lora=lora, dtype=dtype
+    )
+    return StageInputs(
+        started=started,
+        parent_version=parent_version,
+        rows=rows,
+        dataset=dataset,
+        model=model,
+        peft_config=peft_config,
+        tokenizer=tokenizer,
+        bf16=bf16,
+    )
+
+
+def build_run(
+    stage: str,
+    config: Any,
+    inputs: StageInputs,
+    trainer_class: Any,
+    args: Any,
+    train_dataset: Any,
+    *,
+    groups_per_step: int | None = None,
+    **trainer_kwargs: Any,
+) -> StageRun:
+    """The stage's `StageMonitor` and TRL trainer (`trainer_class` on the policy, its
+    tokenizer, `args` and `train_dataset`, plus `trainer_kwargs` such as reward functions),
+    without stdout printer, as a `StageRun` that resumes from `find_resume`'s checkpoint."""
+    monitor = make_monitor(config, inputs.started, groups_per_step=groups_per_step)
+    trainer = trainer_class(
+        model=inputs.model,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=inputs.tokenizer,
+        peft_config=inputs.peft_config,
+        callbacks=[monitor],
+        **trainer_kwargs,
+    )
+    quiet(trainer)
+    return StageRun(
+        stage=stage,
+        config=config,
+        trainer=trainer,
+        monitor=monitor,
+        dataset=inputs.dataset,
+        parent_version=inputs.parent_version,
+        resume_from=find_resume(config),
+        started=inputs.started,
+    )
 
 
 def execute(
@@ -275,3 +379,46 @@ def cleanup(run: StageRun | None) -> None:
         run.trainer = None
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+# -- the whole stage ---------------------------------------------------------------------------
+
+
+def run_stage(
+    config: Any,
+    setup: Callable[[Any], Session],
+    train: Callable[[Session], StageResult],
+    cleanup: Callable[[Session | None], None],
+) -> StageResult:
+    """A stage's `setup`, `train` and `cleanup` (always) in one call. A finished run
+    (result.json present in the config's `output_dir`) is returned as it is."""
+    done = read_result(config.output_dir) if config.output_dir else None
+    if done is not None:
+        log.info("%s has a result already (%s): nothing to do", config.output_dir, done.status)
+        return done
+    session = None
+    try:
+        session = setup(config)
+        return train(session)
+    finally:
+        cleanup(session)
+
+
+def main(
+    config_class: type[Any],
+    run: Callable[[Any], StageResult],
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+) -> int:
+    """A stage's command line, `prog --config FILE`: read the JSON config into `config_class`,
+    log to its output folder, `run` it; exit 0 when the stage completed, 1 otherwise."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", required=True, type=Path, help="JSON config file")
+    args = parser.parse_args(argv)
+    config = load_config(config_class, args.config)
+    if config.output_dir:
+        configure_logging(Path(config.output_dir))
+    result = run(config)
+    return 0 if result.ok else 1
