@@ -25,6 +25,7 @@ from replay.db import make_engine, session_scope
 from replay.models import ReplayItem, SynthRun
 from stages import registry
 from tests.cli_support import run_tutord
+from tests.cycle_support import FAST, promote
 from tests.lora_support import random_lora_adapter
 from world.logs import generate_logs, write_jsonl
 from world.pretrain import bootstrap
@@ -32,29 +33,22 @@ from world.pretrain import bootstrap
 # One home, cycles in order: keep the whole module on one xdist worker.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cycle")]
 
-FAST = {
-    "TUTORD_SYNTH__PROMPTS": "6",
-    "TUTORD_SYNTH__N": "2",
-    "TUTORD_SYNTH__MAX_NEW_TOKENS": "8",
-    "TUTORD_JUDGE__MAX_NEW_TOKENS": "6",
+ENV = {
+    **FAST,
     "TUTORD_CURRICULUM__MIN_SFT_EXAMPLES": "3",
-    "TUTORD_TRAIN__SFT__MAX_STEPS": "2",
-    "TUTORD_TRAIN__SFT__PER_DEVICE_BATCH_SIZE": "4",
     "TUTORD_TRAIN__DPO__MAX_STEPS": "2",
     "TUTORD_TRAIN__DPO__PER_DEVICE_BATCH_SIZE": "4",
     "TUTORD_TRAIN__RL__MAX_STEPS": "2",
     "TUTORD_TRAIN__RL__PER_DEVICE_BATCH_SIZE": "4",
     "TUTORD_TRAIN__RL__NUM_GENERATIONS": "2",
-    "TUTORD_GATE__MAX_ITEMS": "8",
     "TUTORD_GATE__TOLERANCE": "",  # the default rules: cycles here pass or fail on their merits
-    "OMP_NUM_THREADS": "1",
 }
 
 
 def tutord(
     home: Path, *args: str, fault: str | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    return run_tutord(home, *args, env={**FAST, "TUTORD_FAULT": fault or "", **env})
+    return run_tutord(home, *args, env={**ENV, "TUTORD_FAULT": fault or "", **env})
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +145,7 @@ def promote_directly(home: Path) -> int:
         reserved = s.execute(select(func.max(Cycle.candidate_version))).scalar() or 0
         version = max(adapters.next_version(s), reserved + 1)
         parent = adapters.production(s)
+    engine.dispose()
     base = home / "world" / "arith-base"
     source = random_lora_adapter(base, home.parent / f"direct-v{version}", seed=version, rank=16)
     manifest = registry.publish(
@@ -161,17 +156,7 @@ def promote_directly(home: Path) -> int:
         base=registry.base_identity(base),
         stage="sft",
     )
-    with session_scope(engine) as s:
-        adapters.register(s, manifest)
-    adapters.move_production(
-        engine,
-        version,
-        kind="promote",
-        actor="test",
-        reason="promoted directly by the test",
-        adapters_dir=home / "adapters",
-    )
-    engine.dispose()
+    promote(home, manifest, "promoted directly by the test")
     return version
 
 

@@ -21,21 +21,18 @@ from replay.models import ReplayItem
 from stages import registry
 from stages.launch import LaunchConfig, run_stage
 from tests.cli_support import run_tutord
+from tests.cycle_support import FAST, promote
 from world.pretrain import bootstrap
 from world.tasks import families
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cycle-reject")]
 
 ENV = {
+    **FAST,
     "TUTORD_GATE__TOLERANCE": "",  # the default: never loosened here
     "TUTORD_GATE__MAX_ITEMS": "100",  # enough held-out items for a real drop to be significant
-    "TUTORD_SYNTH__PROMPTS": "6",
-    "TUTORD_SYNTH__N": "2",
-    "TUTORD_SYNTH__MAX_NEW_TOKENS": "8",
-    "TUTORD_JUDGE__MAX_NEW_TOKENS": "6",
     "TUTORD_TRAIN__SFT__MAX_STEPS": "60",
     "TUTORD_TRAIN__SFT__PER_DEVICE_BATCH_SIZE": "16",
-    "OMP_NUM_THREADS": "1",
 }
 
 
@@ -76,18 +73,9 @@ def promote_a_good_production(home: Path) -> None:
     (work / "config.json").write_text(json.dumps(config))
     result = run_stage("sft", work / "config.json", LaunchConfig(threads=1, timeout_s=900))
     assert result.status == "completed", result.reason
-    engine = make_engine(f"sqlite:///{home / 'tutord.db'}")
-    with session_scope(engine) as s:
-        adapters.register(s, registry.verify(registry.adapter_path(home / "adapters", 1)))
-    adapters.move_production(
-        engine,
-        1,
-        kind="promote",
-        actor="test",
-        reason="trained by the test",
-        adapters_dir=home / "adapters",
+    promote(
+        home, registry.verify(registry.adapter_path(home / "adapters", 1)), "trained by the test"
     )
-    engine.dispose()
 
 
 def wrong_corrections(path: Path, n: int) -> Path:

@@ -15,26 +15,17 @@ from daemon.models import Cycle
 from replay.db import make_engine, session_scope
 from replay.models import PreferencePair, ReplayItem, Sample, SFTExample, SynthRun
 from tests.cli_support import run_tutord
+from tests.cycle_support import FAST
 from world.logs import generate_logs, write_jsonl
 from world.pretrain import bootstrap
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("heldout")]
 
-FAST = {
-    "TUTORD_SYNTH__PROMPTS": "24",
-    "TUTORD_SYNTH__N": "2",
-    "TUTORD_SYNTH__MAX_NEW_TOKENS": "8",
-    "TUTORD_SYNTH__INTERACTION_SHARE": "1.0",
-    "TUTORD_JUDGE__MAX_NEW_TOKENS": "6",
-    "TUTORD_TRAIN__SFT__MAX_STEPS": "2",
-    "TUTORD_TRAIN__SFT__PER_DEVICE_BATCH_SIZE": "4",
-    "TUTORD_GATE__MAX_ITEMS": "8",
-    "OMP_NUM_THREADS": "1",
-}
+ENV = {**FAST, "TUTORD_SYNTH__PROMPTS": "24", "TUTORD_SYNTH__INTERACTION_SHARE": "1.0"}
 
 
 def tutord(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_tutord(home, *args, env=FAST)
+    return run_tutord(home, *args, env=ENV)
 
 
 def test_heldout_logs_never_reach_training_data(tmp_path: Path) -> None:

@@ -80,8 +80,11 @@ def add_pairs(engine: Engine, n: int, tag: str) -> None:
             )
 
 
-def finish_cycle(engine: Engine, stage: str, version: int) -> None:
-    """What a promoted cycle of `stage` leaves: its adapter in production, its watermarks."""
+def finish_cycle(
+    engine: Engine, stage: str, version: int, task: str = "add", fresh: int = 1
+) -> None:
+    """What a promoted cycle of `stage` leaves: its adapter in production, its watermarks, and
+    the `fresh` rows of `task` it trained on."""
     marks = asdict(newest(engine))
     with session_scope(engine) as s:
         s.add(
@@ -105,7 +108,7 @@ def finish_cycle(engine: Engine, stage: str, version: int) -> None:
                 outcome="promoted",
                 watermarks=marks,
                 candidate_version=version,
-                dataset={"by_task": {"add": {"fresh": 1}}},
+                dataset={"by_task": {task: {"fresh": fresh}}},
             )
         )
 
@@ -219,29 +222,5 @@ def test_a_new_task_gets_sft_before_dpo(sqlite_engine: Engine, tmp_path: Path) -
     decision = choose_stage(engine, home, settings)
     assert decision.stage == "sft", decision.reason
     assert "no SFT yet: sub" in decision.reason and "sub (5)" in decision.reason
-    with session_scope(engine) as s:
-        s.add(
-            AdapterVersion(
-                version=2,
-                name="v2",
-                parent=1,
-                base_id="base",
-                base_config_sha256="0" * 64,
-                stage="sft",
-                status="promoted",
-                manifest={},
-            )
-        )
-        s.flush()
-        s.merge(ProductionPointer(id=1, version=2))
-        s.add(
-            Cycle(
-                stage="sft",
-                state="done",
-                outcome="promoted",
-                candidate_version=2,
-                watermarks=asdict(newest(engine)),
-                dataset={"by_task": {"sub": {"fresh": 5}}},
-            )
-        )
+    finish_cycle(engine, "sft", 2, task="sub", fresh=5)
     assert choose_stage(engine, home, settings).stage == "dpo"

@@ -41,6 +41,12 @@ def make_home(root: Path, world_base: Path) -> Path:
     return home
 
 
+def cap_new_tokens(monkeypatch: pytest.MonkeyPatch, tokens: int) -> None:
+    """Candidates and judge verdicts of at most `tokens` new tokens (fluency does not matter)."""
+    for key in ("TUTORD_SYNTH__MAX_NEW_TOKENS", "TUTORD_JUDGE__MAX_NEW_TOKENS"):
+        monkeypatch.setenv(key, str(tokens))
+
+
 def synth(home: Path, *extra: str) -> dict[str, object]:
     result = runner.invoke(
         app, ["--home", str(home), "synth", "--prompts", "6", "--n", "3", "--seed", "7", *extra]
@@ -53,8 +59,7 @@ def synth(home: Path, *extra: str) -> dict[str, object]:
 def test_synth_stores_everything_with_provenance_and_is_reproducible(
     tmp_path: Path, world_base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("TUTORD_SYNTH__MAX_NEW_TOKENS", "8")
-    monkeypatch.setenv("TUTORD_JUDGE__MAX_NEW_TOKENS", "8")
+    cap_new_tokens(monkeypatch, 8)
     homes = [make_home(tmp_path / name, world_base) for name in ("a", "b")]
     out = synth(homes[0], "--json")
     summary = json.loads(out.stdout)
@@ -118,8 +123,7 @@ def test_synth_stores_everything_with_provenance_and_is_reproducible(
 def test_synth_prints_a_summary_with_judge_health(
     tmp_path: Path, world_base: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("TUTORD_SYNTH__MAX_NEW_TOKENS", "6")
-    monkeypatch.setenv("TUTORD_JUDGE__MAX_NEW_TOKENS", "6")
+    cap_new_tokens(monkeypatch, 6)
     home = make_home(tmp_path, world_base)
     result = synth(home)
     assert "synthesis run 1 with policy base" in result.stdout

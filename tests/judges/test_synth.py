@@ -11,10 +11,11 @@ from judges.llm_judge import PointwiseJudge
 from judges.synth import (
     PromptItem,
     SynthConfig,
+    SynthResult,
     self_instruct,
     synthesize,
 )
-from stages.generate.api import SamplingParams
+from stages.generate.api import GenerationBackend, SamplingParams
 from tests.judges.scripted import ScriptedBackend
 from world.verify import verify_integer
 
@@ -38,16 +39,21 @@ def verifier_for(task: str | None):
     return verify_integer if task == "add" else None
 
 
+def synth(
+    prompts: list[PromptItem],
+    backend: GenerationBackend,
+    config: SynthConfig,
+    judge: PointwiseJudge | None = None,
+) -> SynthResult:
+    """`synthesize` from the base (no adapter), "add" answers checked by `verify_integer`."""
+    return synthesize(
+        prompts, backend, adapter=None, verifier_for=verifier_for, judge=judge, config=config
+    )
+
+
 def test_scores_threshold_and_pairs() -> None:
     backend = policy({"What is 3+4?": ["7", "3+4=7", "8", "12"]})
-    result = synthesize(
-        [PromptItem(Q, "add", "7")],
-        backend,
-        adapter=None,
-        verifier_for=verifier_for,
-        judge=None,
-        config=SynthConfig(n=4, seed=1),
-    )
+    result = synth([PromptItem(Q, "add", "7")], backend, SynthConfig(n=4, seed=1))
     assert [c.scores["verifier"] for c in result.candidates] == [1.0, 1.0, 0.0, 0.0]
     assert [e.completion for e in result.sft] == ["7", "3+4=7"]
     [pair] = result.pairs
@@ -58,14 +64,7 @@ def test_scores_threshold_and_pairs() -> None:
 
 def test_ties_are_dropped() -> None:
     backend = policy({"3+4": ["7", "7.0", "7 ", "seven is 7"]})
-    result = synthesize(
-        [PromptItem(Q, "add", "7")],
-        backend,
-        adapter=None,
-        verifier_for=verifier_for,
-        judge=None,
-        config=SynthConfig(n=4),
-    )
+    result = synth([PromptItem(Q, "add", "7")], backend, SynthConfig(n=4))
     assert result.pairs == [] and result.dropped_ties == 1
     assert len(result.sft) == 4
 
@@ -88,13 +87,11 @@ def _judged(verdict_for_right: str, verdict_for_wrong: str) -> ScriptedBackend:
 def test_judge_health_gates_judge_decided_pairs(right: str, wrong: str, healthy: bool) -> None:
     backend = _judged(right, wrong)
     prompts = [PromptItem(Q, "add", "7")] * 3 + [PromptItem(OPEN, "chat", None)]
-    result = synthesize(
+    result = synth(
         prompts,
         backend,
-        adapter=None,
-        verifier_for=verifier_for,
-        judge=PointwiseJudge(backend),
-        config=SynthConfig(n=4, min_agreement_rows=5, judge_holdout_percent=0),
+        SynthConfig(n=4, min_agreement_rows=5, judge_holdout_percent=0),
+        PointwiseJudge(backend),
     )
     health = result.health
     assert health.judged == 16 and health.abstentions == 0 and health.agreement_rows == 12
@@ -125,13 +122,11 @@ def test_a_pair_of_two_wrong_answers_is_judge_decided(healthy: bool) -> None:
 
     backend = ScriptedBackend(reply)
     two_plus_two = [{"role": "user", "content": "What is 2+2?"}]
-    result = synthesize(
+    result = synth(
         [PromptItem(Q, "add", "7"), PromptItem(two_plus_two, "add", "4")],
         backend,
-        adapter=None,
-        verifier_for=verifier_for,
-        judge=PointwiseJudge(backend),
-        config=SynthConfig(n=4, pair_margin=0.1, judge_holdout_percent=0),
+        SynthConfig(n=4, pair_margin=0.1, judge_holdout_percent=0),
+        PointwiseJudge(backend),
     )
     assert result.health.ok is healthy
     both_wrong = [p for p in result.pairs if p.prompt == two_plus_two]
@@ -156,13 +151,11 @@ def test_judge_health_is_measured_on_prompts_held_out_from_judge_training() -> N
         return [str(i + 1), str(i + 2)][: params.n]
 
     backend = ScriptedBackend(reply)
-    result = synthesize(
+    result = synth(
         [PromptItem(q, "add", str(i + 1)) for i, q in enumerate(questions)],
         backend,
-        adapter=None,
-        verifier_for=verifier_for,
-        judge=PointwiseJudge(backend),
-        config=SynthConfig(n=2, judge_holdout_percent=40),
+        SynthConfig(n=2, judge_holdout_percent=40),
+        PointwiseJudge(backend),
     )
     held = [q for q in questions if in_judge_holdout(prompt_hash(q), 40)]
     assert 0 < len(held) < len(questions)
@@ -181,14 +174,7 @@ def test_length_bias_is_measured() -> None:
         return ["a", "bb", "ccc", "dddd"][: params.n]
 
     backend = ScriptedBackend(reply)
-    result = synthesize(
-        [PromptItem(OPEN, None, None)],
-        backend,
-        adapter=None,
-        verifier_for=verifier_for,
-        judge=PointwiseJudge(backend),
-        config=SynthConfig(),
-    )
+    result = synth([PromptItem(OPEN, None, None)], backend, SynthConfig(), PointwiseJudge(backend))
     assert result.health.length_correlation == pytest.approx(1.0)
     assert result.health.ok is False  # nothing verifiable: agreement unknown
 
@@ -238,16 +224,7 @@ def test_same_seed_same_result_with_a_real_tiny_model(tmp_path: Path) -> None:
         try:
             judge = PointwiseJudge(backend, max_new_tokens=16)
             config = SynthConfig(n=3, max_new_tokens=8, seed=5)
-            runs.append(
-                synthesize(
-                    prompts,
-                    backend,
-                    adapter=None,
-                    verifier_for=verifier_for,
-                    judge=judge,
-                    config=config,
-                )
-            )
+            runs.append(synth(prompts, backend, config, judge))
         finally:
             backend.close()
     assert runs[0].candidates == runs[1].candidates

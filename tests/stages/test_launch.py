@@ -18,22 +18,10 @@ from tests.stages.test_stage_support import (
     check_published,
     check_result_file,
     folder_digest,
-    make_base,
     sft_config,
-    sft_rows,
-    write_jsonl,
 )
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("launch-world")
-    return {
-        "base": make_base(root / "base"),
-        "train": write_jsonl(root / "train.jsonl", sft_rows(32)),
-    }
 
 
 def sft_config_file(world: dict[str, Path], out: Path, **kw: object) -> Path:

@@ -12,26 +12,13 @@ import torch
 
 from stages import policy, sft
 from stages.stage_io import ConfigError
-from tests.stages.test_stage_support import (
-    TARGETS,
-    make_base,
-    make_parent,
-    sft_config,
-    sft_rows,
-    write_jsonl,
-)
+from tests.stages.test_stage_support import TARGETS, make_world, sft_config, sft_rows
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A base and a parent adapter v1 of r=4, alpha=8 on q_proj and v_proj."""
-    root = tmp_path_factory.mktemp("lora-shape")
-    base = make_base(root / "base")
-    return {
-        "base": base,
-        "parent": make_parent(base, root / "adapters", version=1),
-        "train": write_jsonl(root / "train.jsonl", sft_rows(8)),
-    }
+    return make_world(tmp_path_factory.mktemp("lora-shape"), parent=True, train=sft_rows(8))
 
 
 def load(world: dict[str, Path], r: int, alpha: int, dropout: float, targets: object) -> object:

@@ -14,50 +14,27 @@ from stages import dpo, registry
 from stages.generate.api import AdapterRef
 from stages.generate.hf import TransformersBackend
 from tests.stages.test_stage_support import (
-    TARGETS,
     adapter_weights,
     base_params_unchanged,
     check_published,
     check_result_file,
     dpo_rows,
     folder_digest,
-    make_base,
-    make_parent,
+    make_world,
+    stage_config,
+    train_fresh_lora,
     weights_differ,
-    write_jsonl,
 )
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("dpo-world")
-    base = make_base(root / "base")
-    adapters = root / "adapters"
-    return {
-        "base": base,
-        "adapters": adapters,
-        "parent": make_parent(base, adapters, version=1),
-        "train": write_jsonl(root / "train.jsonl", dpo_rows(32)),
-    }
+    return make_world(tmp_path_factory.mktemp("dpo-world"), parent=True, train=dpo_rows(32))
 
 
 def config(world: dict[str, Path], out: Path, **kw: object) -> dpo.DPOStageConfig:
-    values: dict[str, object] = {
-        "base_model": str(world["base"]),
-        "train_file": str(world["train"]),
-        "output_dir": str(out / "run"),
-        "adapters_dir": str(out / "adapters"),
-        "version": 2,
-        "max_steps": 3,
-        "per_device_batch_size": 4,
-        "learning_rate": 1e-2,
-        "save_steps": 2,
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "target_modules": TARGETS,
-    }
-    values.update(kw)
-    return dpo.DPOStageConfig(**values)  # type: ignore[arg-type]
+    """Three steps to candidate v2; `kw` overrides fields."""
+    return stage_config(dpo.DPOStageConfig, world, out, **{"version": 2, "max_steps": 3, **kw})
 
 
 def _reference_logps(trainer: object, rows: int) -> torch.Tensor:
@@ -112,14 +89,7 @@ def test_reference_is_the_frozen_parent_adapter(world: dict[str, Path], tmp_path
 
 def test_fresh_lora_uses_the_base_as_reference(world: dict[str, Path], tmp_path: Path) -> None:
     before = folder_digest(world["base"])
-    cfg = config(world, tmp_path, version=1)
-    session = dpo.setup(cfg)
-    assert session.reference == "base"
-    result = dpo.train(session)
-    assert base_params_unchanged(session.run.trainer.model, world["base"])
-    dpo.cleanup(session)
-    check_published(result, "dpo", parent=None)
-    weights = adapter_weights(Path(result.adapter_path or ""))
+    weights = train_fresh_lora(dpo, config(world, tmp_path, version=1))
     assert all(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)
     assert folder_digest(world["base"]) == before
 

@@ -13,17 +13,16 @@ import torch
 from stages import rl
 from stages.stage_io import ConfigError
 from tests.stages.test_stage_support import (
-    TARGETS,
     adapter_weights,
     base_params_unchanged,
     check_published,
     check_result_file,
     folder_digest,
-    make_base,
-    make_parent,
+    make_world,
     rl_rows,
+    stage_config,
+    train_fresh_lora,
     weights_differ,
-    write_jsonl,
 )
 
 SUPPORT = "tests.stages.test_stage_support"
@@ -31,37 +30,22 @@ SUPPORT = "tests.stages.test_stage_support"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("rl-world")
-    base = make_base(root / "base")
-    adapters = root / "adapters"
-    return {
-        "base": base,
-        "parent": make_parent(base, adapters, version=1),
-        "train": write_jsonl(root / "train.jsonl", rl_rows(32)),
-    }
+    return make_world(tmp_path_factory.mktemp("rl-world"), parent=True, train=rl_rows(32))
 
 
 def config(world: dict[str, Path], out: Path, **kw: object) -> rl.RLStageConfig:
+    """Three steps to candidate v2, two groups of four completions a step, a KL term and two
+    rewards; `kw` overrides fields."""
     values: dict[str, object] = {
-        "base_model": str(world["base"]),
-        "train_file": str(world["train"]),
-        "output_dir": str(out / "run"),
-        "adapters_dir": str(out / "adapters"),
         "version": 2,
         "max_steps": 3,
         "per_device_batch_size": 8,
         "num_generations": 4,
         "max_completion_length": 8,
-        "learning_rate": 1e-2,
         "beta": 0.1,
-        "save_steps": 2,
-        "lora_r": 4,
-        "lora_alpha": 8,
-        "target_modules": TARGETS,
         "reward_functions": (f"{SUPPORT}:digit_share", "world.verify:verify_integer"),
     }
-    values.update(kw)
-    return rl.RLStageConfig(**values)  # type: ignore[arg-type]
+    return stage_config(rl.RLStageConfig, world, out, **{**values, **kw})
 
 
 def test_continues_from_parent_with_the_parent_as_kl_reference(
@@ -102,14 +86,7 @@ def test_continues_from_parent_with_the_parent_as_kl_reference(
 
 
 def test_fresh_lora_kl_against_the_base(world: dict[str, Path], tmp_path: Path) -> None:
-    cfg = config(world, tmp_path, version=1, reward_weights=(1.0, 2.0))
-    session = rl.setup(cfg)
-    assert session.reference == "base"
-    result = rl.train(session)
-    assert base_params_unchanged(session.run.trainer.model, world["base"])
-    rl.cleanup(session)
-    check_published(result, "rl", parent=None)
-    weights = adapter_weights(Path(result.adapter_path or ""))
+    weights = train_fresh_lora(rl, config(world, tmp_path, version=1, reward_weights=(1.0, 2.0)))
     assert any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)
 
 

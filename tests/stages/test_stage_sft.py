@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -26,29 +27,25 @@ from tests.stages.test_stage_support import (
     check_published,
     check_result_file,
     folder_digest,
-    make_base,
     make_parent,
     sft_config,
-    sft_rows,
-    write_jsonl,
 )
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("sft-world")
-    base = make_base(root / "base")
-    return {
-        "root": root,
-        "base": base,
-        "train": write_jsonl(root / "train.jsonl", sft_rows(32)),
-    }
-
-
 def config(world: dict[str, Path], out: Path, **kw: object) -> sft.SFTStageConfig:
     return sft_config(world, out, **kw)
+
+
+def labelled_texts(trainer: Any) -> list[str]:
+    """Per row of the trainer's first batch, the text of the tokens that carry a label."""
+    batch = next(iter(trainer.get_train_dataloader()))
+    texts = []
+    for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+        kept = [int(i) for i, label in zip(ids, labels, strict=True) if label != -100]
+        texts.append(trainer.processing_class.decode(kept, skip_special_tokens=False))
+    return texts
 
 
 def test_fresh_lora_is_trained_on_assistant_turns_and_published(
@@ -60,11 +57,7 @@ def test_fresh_lora_is_trained_on_assistant_turns_and_published(
     assert session.loss_mode == "assistant_only"
     trainer = session.run.trainer
     # Only the assistant's answer and its <|end|> carry labels.
-    batch = next(iter(trainer.get_train_dataloader()))
-    tok = trainer.processing_class
-    for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
-        kept = [int(i) for i, label in zip(ids, labels, strict=True) if label != -100]
-        text = tok.decode(kept, skip_special_tokens=False)
+    for text in labelled_texts(trainer):
         assert text.endswith("<|end|>") and text[:-7].lstrip("-").isdigit(), text
     result = sft.train(session)
     model = trainer.model
@@ -175,13 +168,9 @@ def test_completion_only_loss_without_generation_blocks(
     session = sft.setup(cfg)
     try:
         assert session.loss_mode == "completion_only"
-        trainer = session.run.trainer
-        batch = next(iter(trainer.get_train_dataloader()))
-        tok = trainer.processing_class
-        for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
-            kept = [int(i) for i, label in zip(ids, labels, strict=True) if label != -100]
-            assert tok.decode(kept, skip_special_tokens=False).endswith("<|end|>")
-            assert "<|user|>" not in tok.decode(kept, skip_special_tokens=False)
+        for text in labelled_texts(session.run.trainer):
+            assert text.endswith("<|end|>")
+            assert "<|user|>" not in text
         result = sft.train(session)
     finally:
         sft.cleanup(session)

@@ -1,5 +1,6 @@
 """Helpers for the training-stage tests (no tests here): the world's tiny random model saved as
-a base folder, training files in the three TRL formats, parent adapters, and weight digests.
+a base folder, training files in the three TRL formats, parent adapters, test worlds made of
+those, small fast stage configs, and weight digests.
 
 The base is the arith world's tokenizer and a random `build_model` (no bootstrap); a parent
 adapter has random non-zero LoRA A and B matrices, so it visibly changes the policy, and is
@@ -12,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file
@@ -28,6 +29,8 @@ torch.set_num_threads(1)  # conftest sets OMP_NUM_THREADS=1; the stages use `thr
 
 TARGETS = ("q_proj", "v_proj")
 RESULT_FIELDS = set(StageResult.__dataclass_fields__)
+
+Config = TypeVar("Config")
 
 
 def make_base(folder: Path, seed: int = 0) -> Path:
@@ -101,6 +104,21 @@ def make_parent(base: Path, registry_dir: Path, version: int = 1, seed: int = 1)
     return registry.adapter_path(registry_dir, version)
 
 
+def make_world(
+    root: Path, *, parent: bool = False, **train_files: Sequence[dict[str, Any]]
+) -> dict[str, Path]:
+    """A test world in `root`: "base" (`make_base`); with `parent`, "parent", the adapter v1
+    `make_parent` publishes into `root/adapters`; and per keyword a JSONL training file
+    `root/<keyword>.jsonl` of those rows (`train=sft_rows()` gives "train")."""
+    base = make_base(root / "base")
+    world = {"base": base}
+    if parent:
+        world["parent"] = make_parent(base, root / "adapters", version=1)
+    for name, rows in train_files.items():
+        world[name] = write_jsonl(root / f"{name}.jsonl", rows)
+    return world
+
+
 def adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(folder) / "adapter_model.safetensors"))
 
@@ -159,6 +177,19 @@ def check_published(result: StageResult, stage: str, parent: int | None) -> regi
     return manifest
 
 
+def train_fresh_lora(stage: Any, config: Any) -> dict[str, torch.Tensor]:
+    """Set up, train and clean up `stage` (the module `stages.dpo` or `stages.rl`) from no
+    parent adapter: its reference is the base, the base parameters do not change, and the
+    candidate is published without a parent. Returns the candidate's weights."""
+    session = stage.setup(config)
+    assert session.reference == "base"
+    result = stage.train(session)
+    assert base_params_unchanged(session.run.trainer.model, Path(config.base_model))
+    stage.cleanup(session)
+    check_published(result, stage.STAGE, parent=None)
+    return adapter_weights(Path(result.adapter_path or ""))
+
+
 def digit_share(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
     """A test reward that varies on random text: the share of digits in the completion."""
     texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
@@ -175,11 +206,19 @@ def constant(prompts: list[Any], completions: list[Any], **columns: Any) -> list
     return [0.5] * len(completions)
 
 
-def sft_config(world: dict[str, Path], out: Path, **kw: object) -> SFTStageConfig:
-    """A small, fast SFT config on a test world (`base`, `train`); `kw` overrides fields."""
+def stage_config(
+    config_class: type[Config],
+    world: dict[str, Path],
+    out: Path,
+    *,
+    train: str = "train",
+    **kw: object,
+) -> Config:
+    """A small, fast config of `config_class` on a test world's base and its training file
+    `world[train]`, writing under `out`; `kw` overrides fields."""
     values: dict[str, object] = {
         "base_model": str(world["base"]),
-        "train_file": str(world["train"]),
+        "train_file": str(world[train]),
         "output_dir": str(out / "run"),
         "adapters_dir": str(out / "adapters"),
         "version": 1,
@@ -192,4 +231,9 @@ def sft_config(world: dict[str, Path], out: Path, **kw: object) -> SFTStageConfi
         "target_modules": TARGETS,
     }
     values.update(kw)
-    return SFTStageConfig(**values)  # type: ignore[arg-type]
+    return config_class(**values)
+
+
+def sft_config(world: dict[str, Path], out: Path, **kw: object) -> SFTStageConfig:
+    """A small, fast SFT config on a test world (`base`, `train`); `kw` overrides fields."""
+    return stage_config(SFTStageConfig, world, out, **kw)
