@@ -15,6 +15,7 @@ import pytest
 from stages.generate.api import SamplingParams
 from stages.generate.openai_http import BackendError, OpenAIBackend
 from tests.cli_support import run_tutord
+from tests.cycle_support import FAST
 from tests.server_support import vllm_server
 from world.logs import generate_logs, write_jsonl
 from world.pretrain import bootstrap
@@ -55,15 +56,9 @@ def server(home: Path) -> Iterator[str]:
 
 def test_a_promoted_adapter_is_served_under_its_version_name(home: Path, server: str) -> None:
     env = {
+        **FAST,
         "TUTORD_MODEL__BACKEND": "openai",
         "TUTORD_MODEL__SERVER_URL": server,
-        "TUTORD_SYNTH__PROMPTS": "6",
-        "TUTORD_SYNTH__N": "2",
-        "TUTORD_SYNTH__MAX_NEW_TOKENS": "8",
-        "TUTORD_JUDGE__MAX_NEW_TOKENS": "6",
-        "TUTORD_TRAIN__SFT__MAX_STEPS": "2",
-        "TUTORD_TRAIN__SFT__PER_DEVICE_BATCH_SIZE": "4",
-        "TUTORD_GATE__MAX_ITEMS": "8",
         "TUTORD_GATE__TOLERANCE": "1.0",  # this test is about serving, not the gate: promote
     }
     logs = home.parent / "add.jsonl"
