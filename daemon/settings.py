@@ -145,7 +145,15 @@ class WorldSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = 0
-    bootstrap_minutes: float = Field(3.0, gt=0)
+    bootstrap_minutes: float = Field(
+        30.0, gt=0, description="Wall-clock cap of `tutord world bootstrap`."
+    )
+    bootstrap_steps: int | None = Field(
+        2000,
+        ge=1,
+        description="Pretraining steps (empty: train until bootstrap_minutes run out). With "
+        "the defaults the model shipped in the package is copied instead of trained.",
+    )
     threads: int | None = Field(1, ge=1, description="Torch threads for the bootstrap.")
     release: dict[str, int] = Field(
         default_factory=lambda: {"add": 0, "sub": 1, "mul": 2},

@@ -1,7 +1,8 @@
 """Small file-system helpers for "nothing half-written is ever used".
 
 `write_atomic` writes to a temporary name beside the target, fsyncs, and renames into
-place; `fsync_dir` makes a rename durable; `sha256_file` hashes a file in chunks. Every
+place; `replace_dir` puts a finished folder in place of another; `fsync_dir` makes a rename
+durable; `sha256_file` hashes a file in chunks. Every
 package above `stages/` (judges, evals, daemon) uses these rather than its own copy.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -46,3 +48,17 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def replace_dir(finished: Path, target: Path) -> Path:
+    """Move the finished folder `finished` onto `target` with `os.replace`; an existing
+    `target` is moved aside first (a folder cannot replace a non-empty one) and deleted
+    afterwards, so `target` holds the old folder or the whole new one. Returns `target`."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(finished, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -1,11 +1,12 @@
 """The pretraining corpus: an endless, seeded stream of plain arithmetic text.
 
 Lines are equations ("3+4=7"), spelled-out facts ("3 plus 4 is 7.", "The sum of 3 and 4 is
-7.") and bare questions in the tasks' phrasings without their answers ("Compute 3 plus
-4."), only from the train side of the split. They are packed, newline-separated, into
-fixed-length blocks that start with `<|bos|>`. There is no chat markup and no question
-followed by its answer, so a model pretrained on it is fluent in the world's text but has
-never answered a question. It does not train anything.
+7."), bare questions in the tasks' phrasings ("Compute 3 plus 4.") and questions followed by
+their equation ("Compute 3 plus 4. 3+4=7"), questions only from the train side of the
+split. They are packed, newline-separated, into fixed-length blocks that start with
+`<|bos|>`. There is no chat markup, so a model pretrained on it knows the world's facts and
+text but has never answered in a chat: its chat answers score near 0 until tutord's cycles
+teach it. It does not train anything.
 """
 
 from __future__ import annotations
@@ -28,12 +29,18 @@ class CorpusConfig:
     """What the pretraining text is made of."""
 
     families: tuple[str, ...] = ("add", "sub", "mul")
-    equation_weight: float = 0.75
+    equation_weight: float = 0.45
     """Share of lines like '3+4=7'."""
     statement_weight: float = 0.2
     """Share of lines like '3 plus 4 is 7.' or '3 + 4 = 7'."""
     question_weight: float = 0.05
     """Share of bare questions (no answer), train split only."""
+    worked_weight: float = 0.3
+    """Share of questions (train split) followed on the same line by their equation, e.g.
+    'Compute 3 plus 4. 3+4=7': text in which the operands of a question reappear, so the
+    model learns to copy them (without such lines, SFT cannot teach a model this small to
+    read the operands of a chat question in a few hundred steps: measured 0.03 -> 0.03
+    held-out add after one SFT cycle, against 0.03 -> 0.85 with them)."""
     block_size: int = 64
     """Tokens per training sequence, `<|bos|>` included."""
 
@@ -52,8 +59,13 @@ class CorpusLines:
         self.questions: dict[str, list[Problem]] = {
             f.name: f.all_problems("train") for f in self.families
         }
-        self.kinds = ("equation", "statement", "question")
-        self.weights = (corpus.equation_weight, corpus.statement_weight, corpus.question_weight)
+        self.kinds = ("equation", "statement", "question", "worked")
+        self.weights = (
+            corpus.equation_weight,
+            corpus.statement_weight,
+            corpus.question_weight,
+            corpus.worked_weight,
+        )
         self.rng = random.Random(f"corpus:{seed}")
 
     def line(self) -> str:
@@ -62,6 +74,9 @@ class CorpusLines:
         kind = rng.choices(self.kinds, self.weights)[0]
         if kind == "question":
             return rng.choice(self.questions[family.name]).prompt
+        if kind == "worked":
+            problem = rng.choice(self.questions[family.name])
+            return f"{problem.prompt} {problem.worked}"
         a, b = rng.choice(family.operand_pairs)
         form = 0 if kind == "equation" else rng.randrange(1, len(family.statements))
         return family.statement(a, b, form)

@@ -7,7 +7,8 @@ folder: safetensors weights, config, generation config, tokenizer files, `loss_c
 (`[{"step", "loss", "lr"}, ...]`) and `bootstrap.json` (settings and results). The folder is built
 in a temporary sibling and moved into place with `os.replace`, so `out_dir` never holds a
 half-written model. If `out_dir` already holds a complete model made with the same settings,
-nothing is trained.
+nothing is trained; if the settings are the ones the package's shipped model was made with
+(the defaults), that model is copied, checked by its hash (`world.shipped`).
 
 The learning rate warms up, then decays along a cosine: over `max_steps` when given (then
 a run is reproducible step for step under a seed), otherwise over the time budget (then
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -43,6 +43,8 @@ from transformers import (
     default_data_collator,
 )
 
+from stages.atomic import replace_dir, sha256_file
+from world import shipped
 from world.config import WorldConfig
 from world.corpus import CorpusConfig, CorpusStream
 from world.model import ModelShape, build_model, parameter_count
@@ -56,15 +58,20 @@ LOSS_CURVE = "loss_curve.json"
 # cached models then stop matching.
 MANIFEST_FORMAT = 1
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", LOSS_CURVE, MANIFEST)
+DEFAULT_STEPS = 2000
+"""Enough for the model to complete every operand pair's equation ("3+4=") right: about
+6 minutes on one thread, so the result ships in the package (`world.shipped`)."""
+DEFAULT_MINUTES = 30.0
+"""A cap on the default run's wall clock, far above what `DEFAULT_STEPS` take."""
 
 
 @dataclass(frozen=True)
 class BootstrapSettings:
     """Everything that decides what `bootstrap` trains; equal settings mean a cache hit."""
 
-    minutes: float = 3.0
+    minutes: float = DEFAULT_MINUTES
     seed: int = 0
-    max_steps: int | None = None
+    max_steps: int | None = DEFAULT_STEPS
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 30
@@ -242,17 +249,21 @@ def _train(settings: BootstrapSettings, target: Path) -> BootstrapResult:
 def bootstrap(
     out_dir: Path,
     *,
-    minutes: float = 3.0,
+    minutes: float = DEFAULT_MINUTES,
     seed: int = 0,
-    max_steps: int | None = None,
+    max_steps: int | None = DEFAULT_STEPS,
     settings: BootstrapSettings | None = None,
     force: bool = False,
     threads: int | None = None,
 ) -> Path:
     """Pretrain (or find cached) the world's base model in `out_dir`; return `out_dir`.
 
-    `minutes`, `seed` and `max_steps` override the corresponding fields of `settings`.
-    With `force`, an existing model is retrained even when its settings match. `threads`
+    `minutes`, `seed` and `max_steps` override the corresponding fields of `settings`
+    (`max_steps=None`: train until the time budget runs out). When the settings are the
+    ones the package's shipped model was made with, that model is copied (verified by its
+    hash) instead of training. With `force`, the model is trained even when a cached or
+    shipped one matches; its manifest's `sha256` then tells whether it is the shipped one
+    bit for bit. `threads`
     sets torch's CPU threads for the run (default: torch's own choice); it changes speed,
     not what is learnt, so it is not part of the cache key. On a busy two-core machine one
     thread can be several times faster than two.
@@ -263,6 +274,9 @@ def bootstrap(
     if not force and is_cached(out_dir, settings):
         log.info("bootstrap: %s already holds a model with these settings", out_dir)
         return out_dir
+    if not force and shipped.matches(wanted, MANIFEST_FORMAT):
+        log.info("bootstrap: copying the shipped model (same settings) to %s", out_dir)
+        return shipped.install(out_dir)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
@@ -283,10 +297,11 @@ def bootstrap(
             "settings": wanted,
             "result": result.to_dict(),
             "torch_threads": used_threads,
+            "sha256": sha256_file(tmp / "model.safetensors"),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _move_into_place(tmp, out_dir, token)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -299,15 +314,3 @@ def bootstrap(
         out_dir,
     )
     return out_dir
-
-
-def _move_into_place(tmp: Path, out_dir: Path, token: str) -> None:
-    """`os.replace` the finished folder onto `out_dir`; an old folder is moved aside first
-    (a directory cannot replace a non-empty one) and deleted afterwards."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{token}"
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -60,7 +60,11 @@ class TaskFamily:
     a_max: int
     b_max: int
     phrasings: tuple[str, ...]
-    """Question templates with `{a}` and `{b}`."""
+    """Question templates with `{a}` and `{b}`, `{a}` named first: the reply's equation
+    copies the operands in the order the question gives them. (Phrasings that name them in
+    reverse, such as "Subtract {b} from {a}.", stayed near 0.1 held-out exact match after the
+    demo's cycles while the other phrasings passed 0.9: a model this small does not learn to
+    swap them from the traffic it gets.)"""
     statements: tuple[str, ...]
     """Plain-text fact templates with `{a}`, `{b}`, `{c}` (the result), for pretraining."""
     b_at_most_a: bool = False
@@ -171,9 +175,9 @@ def _families(config: WorldConfig) -> dict[str, TaskFamily]:
             "Compute {a} minus {b}.",
             "{a} - {b} = ?",
             "What is the difference of {a} and {b}?",
-            "Subtract {b} from {a}.",
+            "From {a}, subtract {b}.",
             "How much is {a} minus {b}?",
-            "What do you get when you take {b} from {a}?",
+            "What is left when you take {a} and remove {b}?",
             "Find {a} - {b}.",
             "Calculate {a} minus {b}.",
             "What is {a} minus {b}?",

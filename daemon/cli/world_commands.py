@@ -52,31 +52,50 @@ def bootstrap_cmd(
         int | None, typer.Option(help="Seed of the weights and the corpus (default: world.seed).")
     ] = None,
     max_steps: Annotated[
-        int | None, typer.Option(min=1, help="Stop after this many steps (reproducible runs).")
+        int | None,
+        typer.Option(min=1, help="Training steps (default: world.bootstrap_steps)."),
     ] = None,
-    force: Annotated[bool, typer.Option(help="Retrain even if a matching model exists.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(help="Train even if a matching model exists (cached or shipped)."),
+    ] = False,
     threads: Annotated[
         int | None, typer.Option(min=1, help="CPU threads for training (default: world.threads).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
-    """Pretrain the world's base model on CPU (cached: same settings, no retraining)."""
-    from world.pretrain import bootstrap, is_cached, read_manifest, resolve_settings
+    """Pretrain the world's base model on CPU (cached: same settings, no retraining; the
+    default settings copy the model shipped in the package, checked by its hash)."""
+    from world import shipped
+    from world.pretrain import (
+        MANIFEST_FORMAT,
+        bootstrap,
+        is_cached,
+        read_manifest,
+        resolve_settings,
+    )
 
     world = guard(lambda: ctx.obj.settings).world
     minutes = world.bootstrap_minutes if minutes is None else minutes
     seed = world.seed if seed is None else seed
+    max_steps = world.bootstrap_steps if max_steps is None else max_steps
     threads = world.threads if threads is None else threads
     target = out if out is not None else default_model_dir(ctx.obj.home)
     settings = resolve_settings(minutes, seed, max_steps, None)
     cached = not force and is_cached(target, settings)
+    copied = not cached and not force and shipped.matches(settings.to_dict(), MANIFEST_FORMAT)
     bootstrap(target, minutes=minutes, seed=seed, max_steps=max_steps, force=force, threads=threads)
     manifest = read_manifest(target) or {}
     if as_json:
         typer.echo(json.dumps({"path": str(target), "cached": cached, **manifest}, indent=2))
         return
     result = manifest.get("result", {})
-    typer.echo(f"model: {target} ({'cached' if cached else 'trained'})")
+    sha = manifest.get("sha256")
+    how = "cached" if cached else "copied from the package" if copied else "trained"
+    typer.echo(f"model: {target} ({how})")
+    if sha:
+        same = "the shipped base, bit for bit" if sha == shipped.SHA256 else "not the shipped base"
+        typer.echo(f"weights: sha256 {sha} ({same})")
     typer.echo(
         f"pretraining: {result.get('steps')} steps in {result.get('seconds')} s "
         f"({result.get('steps_per_second')} steps/s), final loss {result.get('final_loss')}, "

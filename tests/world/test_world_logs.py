@@ -68,11 +68,13 @@ def test_corpus_has_no_chat_and_no_heldout_questions() -> None:
     text = sample_text(3000, seed=0)
     assert "<|" not in text
     lines = text.splitlines()
-    questions = {
-        p.prompt for name in ("add", "sub", "mul") for p in get_family(name).all_problems()
-    }
+    problems = [p for name in ("add", "sub", "mul") for p in get_family(name).all_problems()]
+    questions = {p.prompt for p in problems}
     asked = [line for line in lines if line in questions]
     assert asked and all(split_of(q) == "train" for q in asked)
+    worked = {f"{p.prompt} {p.worked}": p for p in problems}
+    answered = [worked[line] for line in lines if line in worked]  # 'Compute 3 plus 4. 3+4=7'
+    assert answered and all(p.split == "train" for p in answered)
     assert text == sample_text(3000, seed=0)
 
 
