@@ -146,6 +146,7 @@ def check_feedback(items: Sequence[FeedbackItem], grade: Grade) -> FeedbackCheck
                     item.task,
                     "correction",
                     interaction_id=item.interaction_id,
+                    reference=item.reference,
                 )
             )
             known.append(
@@ -156,6 +157,7 @@ def check_feedback(items: Sequence[FeedbackItem], grade: Grade) -> FeedbackCheck
                     item.task,
                     "correction",
                     interaction_id=item.interaction_id,
+                    reference=item.reference,
                 )
             )
         elif item.rating in (-1, 1):
@@ -167,6 +169,7 @@ def check_feedback(items: Sequence[FeedbackItem], grade: Grade) -> FeedbackCheck
                     item.task,
                     "rating",
                     interaction_id=item.interaction_id,
+                    reference=item.reference,
                 )
             )
     return FeedbackCheck(consistent, contradictions, known)

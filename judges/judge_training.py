@@ -37,13 +37,16 @@ def in_judge_holdout(key: str, percent: int) -> bool:
     return int.from_bytes(digest[:8], "big") % 100 < percent
 
 
-def verdict(right: bool) -> str:
+def verdict(right: bool, reference: str | None = None) -> str:
     """The judge's answer for a response of known quality: a short reason, then the score.
+    With the reference known, the reason states it first (the judge learns to work out
+    the answer, then compare: a reference-guided verdict).
 
-    >>> verdict(True), verdict(False)
-    ('Correct. Score: 5', 'Wrong. Score: 0')
+    >>> verdict(True), verdict(False, "18")
+    ('Correct. Score: 5', 'Should be 18. Wrong. Score: 0')
     """
-    return f"Correct. Score: {MAX_POINTS}" if right else "Wrong. Score: 0"
+    lead = f"Should be {' '.join(reference.split())}. " if reference and reference.strip() else ""
+    return lead + (f"Correct. Score: {MAX_POINTS}" if right else "Wrong. Score: 0")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class KnownAnswer:
     prompt_index: int | None = None
     candidate_index: int | None = None
     interaction_id: int | None = None
+    reference: str | None = None
+    """The task's reference answer, when known: the verdict states it."""
 
 
 @dataclass(frozen=True)
@@ -86,4 +91,6 @@ def judge_examples(
     take_wrong = min(len(wrong), limit - take_right)
     chosen = right[:take_right] + wrong[:take_wrong]
     rng.shuffle(chosen)
-    return [JudgeExample(render(a.prompt, a.response), verdict(a.right), a) for a in chosen]
+    return [
+        JudgeExample(render(a.prompt, a.response), verdict(a.right, a.reference), a) for a in chosen
+    ]

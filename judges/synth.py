@@ -388,6 +388,7 @@ def synthesize(
             c.prompt_index,
             c.index,
             prompts[c.prompt_index].interaction_id,
+            prompts[c.prompt_index].reference,
         )
         for c in candidates
         if c.scores.get("verifier") is not None and c.prompt_index not in holdout

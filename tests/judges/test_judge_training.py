@@ -62,3 +62,18 @@ def test_contradicted_feedback_is_counted_not_trained_on() -> None:
         ("7", True, "rating"),
         ("x", True, "rating"),
     ]
+
+
+def test_a_known_reference_makes_a_reference_guided_verdict() -> None:
+    """Feedback that carries the reference passes it on: the judge learns to state the
+    right answer before its verdict (and a verdict without a reference stays short)."""
+    items = [FeedbackItem(Q, "8", -1, "7", "add", 1, "7"), FeedbackItem(Q, "7", 1, None, "add", 2)]
+    checked = check_feedback(items, grade)
+    assert [k.reference for k in checked.known] == ["7", "7", None]
+    examples = judge_examples(checked.known, render, limit=10, seed=0)
+    completions = sorted(e.completion for e in examples)
+    assert completions == [
+        "Correct. Score: 5",
+        "Should be 7. Correct. Score: 5",
+        "Should be 7. Wrong. Score: 0",
+    ]
