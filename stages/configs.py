@@ -260,6 +260,10 @@ class DPOStageConfig:
     """Longest tokenized prompt + completion; longer ones are truncated."""
     beta: NonNegative = 0.1
     """DPO's beta: how far the policy may move from the reference (the production policy)."""
+    sft_weight: NonNegative = 1.0
+    """Weight of an NLL term on the chosen answers added to the DPO loss (RPO, Pang et al.
+    2024; TRL's `loss_type=["sigmoid", "sft"]`): plain DPO (0) can lower the likelihood of
+    the chosen answers too, and on a small policy it does."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more time)."""
     precision: Precision = "auto"

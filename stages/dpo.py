@@ -63,6 +63,8 @@ def setup(config: DPOStageConfig) -> DPOSession:
         **stage_run.training_kwargs(config, bf16=inputs.bf16),
         max_length=config.max_length,
         beta=config.beta,
+        loss_type=["sigmoid", "sft"] if config.sft_weight else ["sigmoid"],
+        loss_weights=[1.0, config.sft_weight] if config.sft_weight else None,
     )
     dataset = training_data.to_dataset(inputs.rows)
     run = stage_run.build_run(STAGE, config, inputs, DPOTrainer, args, dataset)
