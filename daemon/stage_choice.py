@@ -105,11 +105,17 @@ def sft_trained_tasks(engine: Engine) -> frozenset[str]:
 
 
 def last_marks(engine: Engine, stage: str) -> Watermarks:
-    """Watermarks of the newest finished cycle that trained `stage`: rows above are fresh."""
+    """Watermarks of the newest finished cycle of `stage` whose candidate is on the
+    production line: rows above them are fresh. Rows that only a rejected (or rolled-back)
+    candidate trained on stay fresh: production has not learnt them, and the next cycle of
+    the stage trains on them again, with what arrived since."""
     with session_scope(engine) as s:
+        line = adapters.protected_versions(s)
+        if not line:
+            return Watermarks()
         row = s.execute(
             select(Cycle.watermarks)
-            .where(Cycle.stage == stage, Cycle.state == "done")
+            .where(Cycle.stage == stage, Cycle.state == "done", Cycle.candidate_version.in_(line))
             .order_by(Cycle.id.desc())
             .limit(1)
         ).scalar()

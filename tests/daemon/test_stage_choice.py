@@ -197,9 +197,12 @@ def test_choose_stage_picks_sft_then_dpo_then_rl_from_the_rows(
     finish_cycle(engine, "rl", 3)
     stage, reason = choose()
     assert stage == "sft" and "SFT again" in reason
-    marks = asdict(newest(engine))  # a finished SFT cycle (even a rejected one) spends them
+    marks = asdict(newest(engine))  # a rejected SFT cycle leaves them fresh: not learnt
     with session_scope(engine) as s:
         s.add(Cycle(stage="sft", state="done", outcome="rejected", watermarks=marks))
+    stage, reason = choose()
+    assert stage == "sft" and "SFT again" in reason
+    finish_cycle(engine, "sft", 4)  # a promoted one spends them
     stage, reason = choose()
     assert stage is None and "no stage has enough fresh data" in reason
 
