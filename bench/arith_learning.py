@@ -55,7 +55,9 @@ def write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--bootstrap-steps", type=int, default=600)
+    parser.add_argument(
+        "--bootstrap-steps", type=int, default=None, help="Default: the shipped base model."
+    )
     parser.add_argument("--logs", type=int, default=2000)
     parser.add_argument("--sft-steps", type=int, default=600)
     parser.add_argument("--rl-steps", type=int, default=80)
@@ -65,8 +67,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     base = work / "base"
     t = time.monotonic()
-    bootstrap(base, max_steps=args.bootstrap_steps, seed=0, threads=1)
-    print(f"bootstrap: {args.bootstrap_steps} steps ({time.monotonic() - t:.0f} s, cached if 0)")
+    if args.bootstrap_steps is None:
+        bootstrap(base, threads=1)
+    else:
+        bootstrap(base, max_steps=args.bootstrap_steps, seed=0, threads=1)
+    print(f"bootstrap: {args.bootstrap_steps or 'shipped'} ({time.monotonic() - t:.0f} s)")
     print(f"base          {accuracy(base, None)}")
 
     items = []

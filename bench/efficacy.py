@@ -2,30 +2,34 @@
 
 Runs `tutord demo`'s settings (daemon/demo.py: same plan, same configuration) for each seed
 in a fresh home, with the no-replay ablation, and once more per seed with the judge
-disabled. All runs share one bootstrapped base model (the loop's traffic and cycles vary
-with the seed, the base does not). Prints, per cycle and family, the median and range over
-seeds of production before the cycle and of the candidate; the stages the curriculum chose;
-the judge's agreement with the verifiers per cycle; final production per family with the
-judge on and off; and forgetting (best score of a family minus its final score) with and
-without replay.
+disabled. All runs share the shipped base model (the loop's traffic and cycles vary with
+the seed, the base does not); `--jobs` runs go at once, one thread each. Prints, per cycle
+and family, the median and range over seeds of production before the cycle and of the
+candidate; the stages the curriculum chose; the judge's agreement with the verifiers per
+cycle; final production per family with the judge on and off; and forgetting with and
+without replay, of production (best score of a family minus its final score) and of the
+candidates (the largest drop a candidate showed from the family's best: what training
+cost before the gate refused it).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/efficacy.py --seeds 3 --out efficacy.json
+    .venv/bin/python bench/efficacy.py --seeds 3 --out efficacy.json
 
-It takes about (1 + 1 + 1) demo runs per seed: plan on 25-35 minutes per seed on 2 cores.
+It takes about three demo runs per seed (demo, ablation, judge off), two at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from daemon.demo import BOOTSTRAP_STEPS, PLAN, run_demo
+from daemon.demo import PLAN, run_demo
 from world.pretrain import bootstrap
 
 FAMILIES = ("add", "sub", "mul")
@@ -67,6 +71,21 @@ def forgetting(cycles: list[dict[str, Any]]) -> dict[str, float]:
     return {f: round(best[f] - final[f], 4) for f in best}
 
 
+def candidate_forgetting(cycles: list[dict[str, Any]]) -> dict[str, float]:
+    """Per family: the largest drop a later cycle's CANDIDATE showed from the family's best
+    production score so far (0 when none dropped). The gate keeps such candidates out of
+    production, so this is what training cost the family, before the gate's refusal."""
+    best: dict[str, float] = {}
+    worst: dict[str, float] = {}
+    for cycle in cycles:
+        for family, score in cycle["candidate_scores"].items():
+            if family in best:
+                worst[family] = max(worst.get(family, 0.0), best[family] - score)
+        for family, score in production_after(cycle).items():
+            best[family] = max(best.get(family, 0.0), score)
+    return {f: round(max(worst.get(f, 0.0), 0.0), 4) for f in best}
+
+
 def report(runs: list[dict[str, Any]], judge_off: list[dict[str, Any]]) -> str:
     lines = [f"{len(runs)} seeds; median [range] over seeds", ""]
     n_cycles = max(len(r["cycles"]) for r in runs)
@@ -100,14 +119,40 @@ def report(runs: list[dict[str, Any]], judge_off: list[dict[str, Any]]) -> str:
             f"{spread([v for v in off if v is not None])}"
         )
     lines.append("")
-    lines.append("forgetting of earlier families (best - final): with replay | without")
-    for f in FAMILIES[:-1]:
-        with_replay = [forgetting(r["cycles"]).get(f, 0.0) for r in runs]
-        without = [
-            forgetting(r["ablation_cycles"]).get(f, 0.0) for r in runs if r.get("ablation_cycles")
-        ]
-        lines.append(f"  {f}: {spread(with_replay)} | {spread(without)}")
+    for title, measure in (
+        ("production forgetting of earlier families (best - final)", forgetting),
+        (
+            "candidate forgetting (largest drop a candidate showed from the best)",
+            candidate_forgetting,
+        ),
+    ):
+        lines.append(f"{title}: with replay | without")
+        for f in FAMILIES[:-1]:
+            with_replay = [measure(r["cycles"]).get(f, 0.0) for r in runs]
+            without = [
+                measure(r["ablation_cycles"]).get(f, 0.0) for r in runs if r.get("ablation_cycles")
+            ]
+            lines.append(f"  {f}: {spread(with_replay)} | {spread(without)}")
     return "\n".join(lines)
+
+
+def quiet(text: str) -> None:
+    """The runs' `say`: silent (a module-level function, so a worker process can take it)."""
+
+
+def one_run(
+    root: Path, seed: int, judge: bool, ablation: bool, plan: tuple[str | None, ...], base: Path
+) -> dict[str, Any]:
+    """One demo run in its own home (called in a worker process)."""
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    name = f"seed-{seed}" + ("" if judge else "-judge-off")
+    result = run_demo(
+        root / name, ablation=ablation, seed=seed, judge=judge, plan=plan, base=base, say=quiet
+    )
+    print(f"{name}: {result['seconds'] / 60:.1f} min", flush=True)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -117,35 +162,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-ablation", action="store_true", help="Skip the no-replay runs.")
     parser.add_argument("--cycles", type=int, default=len(PLAN), help="Cycles per run.")
     parser.add_argument("--out", type=Path, help="Write every run's results as JSON here.")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="Runs at once, one thread each (default 2: 2 cores)."
+    )
     args = parser.parse_args(argv)
     plan = tuple(PLAN[: args.cycles]) + (None,) * max(0, args.cycles - len(PLAN))
     with tempfile.TemporaryDirectory(prefix="tutord-efficacy-") as tmp:
         root = Path(tmp)
         base = root / "base"
-        bootstrap(base, max_steps=BOOTSTRAP_STEPS, seed=0, threads=1)
-        runs, judge_off = [], []
-        for seed in range(args.seeds):
-            result = run_demo(
-                root / f"seed-{seed}",
-                ablation=not args.no_ablation,
-                seed=seed,
-                plan=plan,
-                base=base,
-                say=lambda text: None,
-            )
-            runs.append(result)
-            print(f"seed {seed}: {result['seconds'] / 60:.1f} min", flush=True)
-            if not args.no_judge_off:
-                off = run_demo(
-                    root / f"seed-{seed}-judge-off",
-                    ablation=False,
-                    seed=seed,
-                    judge=False,
-                    plan=plan,
-                    base=base,
-                    say=lambda text: None,
-                )
-                judge_off.append(off)
+        bootstrap(base, threads=1)  # the shipped base model, checked by its hash
+        jobs = [(seed, True, not args.no_ablation) for seed in range(args.seeds)]
+        if not args.no_judge_off:
+            jobs += [(seed, False, False) for seed in range(args.seeds)]
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+            futures = {
+                job: pool.submit(one_run, root, job[0], job[1], job[2], plan, base) for job in jobs
+            }
+            results = {job: future.result() for job, future in futures.items()}
+        runs = [results[job] for job in jobs if job[1]]
+        judge_off = [results[job] for job in jobs if not job[1]]
         print(report(runs, judge_off))
         if args.out:
             args.out.write_text(json.dumps({"runs": runs, "judge_off": judge_off}, indent=1))

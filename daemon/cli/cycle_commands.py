@@ -79,11 +79,13 @@ def report(
 def demo(
     ctx: typer.Context,
     ablation: Annotated[
-        bool, typer.Option(help="Also run the no-replay ablation (a second home beside).")
-    ] = True,
+        bool,
+        typer.Option(help="Also run the no-replay ablation (a second home beside; as long again)."),
+    ] = False,
 ) -> None:
-    """Run the whole pipeline on the embedded world in a fresh home: bootstrap, cycles through
-    SFT, DPO and RL as task families arrive, gate, report, and a no-replay ablation."""
+    """Run the whole pipeline on the embedded world in a fresh home: the shipped base model,
+    cycles through SFT, DPO and RL as task families arrive, gate, report (and, with
+    --ablation, the same cycles without replay)."""
     from daemon.demo import run_demo
 
     c: Context = ctx.obj

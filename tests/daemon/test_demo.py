@@ -33,9 +33,10 @@ def test_a_short_demo_lets_the_curriculum_choose(
     monkeypatch.setattr(demo, "DEMO_CONFIG", SMALL)
     monkeypatch.setattr(demo, "LOGS_PER_FAMILY", 40)
     monkeypatch.setattr(demo, "TRAFFIC_PER_CYCLE", 10)
-    monkeypatch.setattr(demo, "BOOTSTRAP_STEPS", 3)
     said: list[str] = []
-    result = demo.run_demo(tmp_path / "home", plan=("add", "sub", None), say=said.append)
+    result = demo.run_demo(
+        tmp_path / "home", ablation=True, plan=("add", "sub", None), say=said.append
+    )
     cycles = result["cycles"]
     assert len(cycles) == 3 and len(result["ablation_cycles"]) == 3
     for cycle in cycles:
@@ -45,6 +46,7 @@ def test_a_short_demo_lets_the_curriculum_choose(
         assert cycle["stage"] in ("sft", "dpo", "rl", None)
     assert cycles[0]["stage"] == "sft"  # an untrained policy with fresh SFT data
     assert any(line.startswith("  curriculum: ") for line in said)
+    assert "shipped in the package" in said[0]  # the base model is installed, not trained
     assert "sub" in cycles[1]["production_before"] or "sub" in cycles[1]["candidate_scores"]
     saved = json.loads((tmp_path / "home" / "reports" / "demo.json").read_text())
     assert saved["cycles"] == json.loads(json.dumps(cycles))
