@@ -96,10 +96,18 @@ def wrong_corrections(path: Path, n: int) -> Path:
     return path
 
 
-def test_a_regressing_candidate_is_rejected_and_changes_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("base_steps", [None, 200], ids=["shipped-base", "200-step-base"])
+def test_a_regressing_candidate_is_rejected_and_changes_nothing(
+    tmp_path: Path, base_steps: int | None
+) -> None:
+    """With the shipped base (it knows every sum when asked 'a+b=') and with a base
+    pretrained 200 steps (it knows few)."""
     home = tmp_path / "home"
     assert tutord(home, "init").returncode == 0
-    bootstrap(home / "world" / "arith-base", max_steps=200, seed=0, threads=1)
+    if base_steps is None:
+        bootstrap(home / "world" / "arith-base", threads=1)
+    else:
+        bootstrap(home / "world" / "arith-base", max_steps=base_steps, seed=0, threads=1)
     promote_a_good_production(home)
     assert json.loads(tutord(home, "status", "--json").stdout)["production"] == "v1"
     ingested = tutord(home, "ingest", str(wrong_corrections(tmp_path / "wrong.jsonl", 200)))
