@@ -24,7 +24,7 @@ from stages.atomic import replace_dir, sha256_file
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "base"
 WEIGHTS = "model.safetensors"
-SHA256 = "b49a416082c3574bec43983f7d909ca8a4556c7ab4675847f3d2451e12296eb2"
+SHA256 = "25b1c54150d6a114887f5c9331424b5860692f2e62b54677328c2c17bea28a58"
 """SHA-256 of the shipped `model.safetensors`."""
 
 

@@ -218,7 +218,7 @@ def _families(config: WorldConfig) -> dict[str, TaskFamily]:
 
 
 def families(config: WorldConfig | None = None) -> dict[str, TaskFamily]:
-    """The task families under `config` (default ranges: add/sub 0..20, mul 0..9)."""
+    """The task families under `config` (default ranges: add/sub 0..20, mul 0..12)."""
     return _families(config or WorldConfig())
 
 

@@ -48,7 +48,8 @@ def _reference_logps(trainer: object, rows: int) -> torch.Tensor:
 def test_reference_is_the_frozen_parent_adapter(world: dict[str, Path], tmp_path: Path) -> None:
     before = folder_digest(world["base"])
     parent_weights = adapter_weights(world["parent"])
-    cfg = config(world, tmp_path, parent_adapter=str(world["parent"]))
+    # sft_weight 0: plain DPO, whose first loss is ln 2 exactly when policy == reference
+    cfg = config(world, tmp_path, parent_adapter=str(world["parent"]), sft_weight=0.0)
     session = dpo.setup(cfg)
     assert session.reference == "ref-adapter"
     trainer = session.run.trainer
@@ -122,3 +123,20 @@ def test_resumed_run_matches_an_uninterrupted_one(world: dict[str, Path], tmp_pa
     b = adapter_weights(Path(second.adapter_path or ""))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert registry.list_versions(tmp_path / "whole" / "adapters") == []
+
+
+def test_sft_weight_adds_an_nll_term_on_the_chosen_answers(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """The default (RPO): TRL combines the DPO loss with an NLL loss on the chosen answers,
+    so the first loss (policy == reference) is ln 2 plus that NLL, not ln 2."""
+    cfg = config(world, tmp_path, parent_adapter=str(world["parent"]), max_steps=1)
+    assert cfg.sft_weight == 1.0
+    session = dpo.setup(cfg)
+    try:
+        args = session.run.trainer.args
+        assert (args.loss_type, args.loss_weights) == (["sigmoid", "sft"], [1.0, 1.0])
+        result = dpo.train(session)
+    finally:
+        dpo.cleanup(session)
+    assert result.loss_curve[0][1] > 0.6931 + 0.05
