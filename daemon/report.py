@@ -4,7 +4,9 @@
 scores and answer lengths (from the cycle's evaluation), KL divergence from the base and
 from the production before the cycle (on a fixed probe of held-out prompts), the
 synthesis run's judge figures, and the traffic (task mix of recent interactions against
-the cycle's training data, feedback rates). `write_drift_report` turns every snapshot
+the cycle's training data, feedback rates). The first cycle that starts from the bare base
+also records the base's own snapshot (its scores from that cycle's production
+evaluation), so the report begins where the loop began. `write_drift_report` turns every snapshot
 and the history of promotions, rollbacks and rejections into `report.html` and
 `report.json` (written by `evals.drift_report.write_report`).
 """
@@ -95,6 +97,8 @@ def record_snapshot(engine: Engine, home: Home, settings: Settings, cycle: Cycle
             r.role: r
             for r in s.execute(select(EvalRun).where(EvalRun.cycle_id == cycle.id)).scalars()
         }
+    if cycle.parent_version is None and "production" in runs:
+        _record_base(engine, runs["production"])
     role = "candidate" if production == cycle.candidate_version else "production"
     evaluation = Evaluation.from_dict(runs[role].results)
     apply_threads(settings)
@@ -139,6 +143,18 @@ def record_snapshot(engine: Engine, home: Home, settings: Settings, cycle: Cycle
         s.add(DriftSnapshot(cycle_id=cycle.id, version=snapshot.version, data=snapshot.to_dict()))
 
 
+def _record_base(engine: Engine, production: EvalRun) -> None:
+    """The bare base's snapshot, once, from the first cycle that started from it (its
+    production evaluation): the report's first version is where the loop began."""
+    with session_scope(engine) as s:
+        if s.execute(select(DriftSnapshot.id).where(DriftSnapshot.version == "base")).first():
+            return
+        snapshot = snapshot_from_run(
+            "base", Evaluation.from_dict(production.results), kl_from_base=0.0
+        )
+        s.add(DriftSnapshot(cycle_id=None, version="base", data=snapshot.to_dict()))
+
+
 def events(engine: Engine) -> list[dict[str, Any]]:
     """Promotions, rollbacks and rejections, oldest first, for the report's timeline."""
     out: list[dict[str, Any]] = []
@@ -168,11 +184,7 @@ def events(engine: Engine) -> list[dict[str, Any]]:
 def write_drift_report(engine: Engine, home: Home, out_dir: Path) -> tuple[Path, Path]:
     """Write `report.html` and `report.json` into `out_dir`; returns (html, json)."""
     with session_scope(engine) as s:
-        rows = s.execute(
-            select(DriftSnapshot)
-            .join(Cycle, Cycle.id == DriftSnapshot.cycle_id)
-            .order_by(DriftSnapshot.id)
-        ).scalars()
+        rows = s.execute(select(DriftSnapshot).order_by(DriftSnapshot.id)).scalars()
         snapshots = [VersionDrift.from_dict(r.data) for r in rows]
     json_path, html_path = write_report(snapshots, events(engine), out_dir)
     return html_path, json_path
