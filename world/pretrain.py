@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import (
@@ -43,7 +43,7 @@ from transformers import (
     default_data_collator,
 )
 
-from stages.atomic import replace_dir, sha256_file
+from stages.atomic import replace_dir
 from world import shipped
 from world.config import WorldConfig
 from world.corpus import CorpusConfig, CorpusStream
@@ -186,6 +186,21 @@ def is_cached(out_dir: Path, settings: BootstrapSettings) -> bool:
     )
 
 
+Source = Literal["cached", "shipped", "trained"]
+
+
+def source(out_dir: Path, settings: BootstrapSettings, force: bool = False) -> Source:
+    """Where `bootstrap(out_dir, ..., force=force)` takes its model from for `settings`:
+    the model already in `out_dir`, the package's shipped one, or training."""
+    if force:
+        return "trained"
+    if is_cached(Path(out_dir), settings):
+        return "cached"
+    if shipped.matches(settings.to_dict(), MANIFEST_FORMAT):
+        return "shipped"
+    return "trained"
+
+
 def _train(settings: BootstrapSettings, target: Path) -> BootstrapResult:
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, settings.seed, settings.shape)
@@ -271,10 +286,11 @@ def bootstrap(
     settings = resolve_settings(minutes, seed, max_steps, settings)
     out_dir = Path(out_dir)
     wanted = settings.to_dict()
-    if not force and is_cached(out_dir, settings):
+    how = source(out_dir, settings, force)
+    if how == "cached":
         log.info("bootstrap: %s already holds a model with these settings", out_dir)
         return out_dir
-    if not force and shipped.matches(wanted, MANIFEST_FORMAT):
+    if how == "shipped":
         log.info("bootstrap: copying the shipped model (same settings) to %s", out_dir)
         return shipped.install(out_dir)
 
@@ -297,7 +313,7 @@ def bootstrap(
             "settings": wanted,
             "result": result.to_dict(),
             "torch_threads": used_threads,
-            "sha256": sha256_file(tmp / "model.safetensors"),
+            "sha256": shipped.weights_sha256(tmp),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

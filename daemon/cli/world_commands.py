@@ -67,13 +67,7 @@ def bootstrap_cmd(
     """Pretrain the world's base model on CPU (cached: same settings, no retraining; the
     default settings copy the model shipped in the package, checked by its hash)."""
     from world import shipped
-    from world.pretrain import (
-        MANIFEST_FORMAT,
-        bootstrap,
-        is_cached,
-        read_manifest,
-        resolve_settings,
-    )
+    from world.pretrain import bootstrap, read_manifest, resolve_settings, source
 
     world = guard(lambda: ctx.obj.settings).world
     minutes = world.bootstrap_minutes if minutes is None else minutes
@@ -82,17 +76,18 @@ def bootstrap_cmd(
     threads = world.threads if threads is None else threads
     target = out if out is not None else default_model_dir(ctx.obj.home)
     settings = resolve_settings(minutes, seed, max_steps, None)
-    cached = not force and is_cached(target, settings)
-    copied = not cached and not force and shipped.matches(settings.to_dict(), MANIFEST_FORMAT)
+    how = source(target, settings, force)
     bootstrap(target, minutes=minutes, seed=seed, max_steps=max_steps, force=force, threads=threads)
     manifest = read_manifest(target) or {}
     if as_json:
-        typer.echo(json.dumps({"path": str(target), "cached": cached, **manifest}, indent=2))
+        typer.echo(
+            json.dumps({"path": str(target), "cached": how == "cached", **manifest}, indent=2)
+        )
         return
     result = manifest.get("result", {})
     sha = manifest.get("sha256")
-    how = "cached" if cached else "copied from the package" if copied else "trained"
-    typer.echo(f"model: {target} ({how})")
+    said = {"cached": "cached", "shipped": "copied from the package", "trained": "trained"}
+    typer.echo(f"model: {target} ({said[how]})")
     if sha:
         same = "the shipped base, bit for bit" if sha == shipped.SHA256 else "not the shipped base"
         typer.echo(f"weights: sha256 {sha} ({same})")
