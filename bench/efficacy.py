@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import tempfile
 from collections import Counter
@@ -144,8 +145,6 @@ def one_run(
     root: Path, seed: int, judge: bool, ablation: bool, plan: tuple[str | None, ...], base: Path
 ) -> dict[str, Any]:
     """One demo run in its own home (called in a worker process)."""
-    import os
-
     os.environ["OMP_NUM_THREADS"] = "1"
     name = f"seed-{seed}" + ("" if judge else "-judge-off")
     result = run_demo(
