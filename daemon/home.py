@@ -2,8 +2,8 @@
 
 Resolution order: `--home DIR`, else `$TUTORD_HOME`, else `~/.local/share/tutord`.
 A home holds `tutord.toml`, the SQLite database, and the folders `adapters/`,
-`cycles/`, `reports/`, `spool/` and `quarantine/`. This module lays the folders out;
-it does not touch the database (see `daemon/migrate.py`).
+`cycles/`, `models/` (imported base models), `reports/`, `spool/` and `quarantine/`. This
+module lays the folders out; it does not touch the database (see `daemon/migrate.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from stages.atomic import write_atomic
 
 HOME_ENV = "TUTORD_HOME"
 DEFAULT_HOME = Path("~/.local/share/tutord")
-SUBDIRS = ("adapters", "cycles", "reports", "spool", "quarantine")
+SUBDIRS = ("adapters", "cycles", "models", "reports", "spool", "quarantine")
 DB_FILENAME = "tutord.db"
 
 
@@ -47,6 +47,10 @@ class Home:
     @property
     def cycles(self) -> Path:
         return self.root / "cycles"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
 
     @property
     def reports(self) -> Path:

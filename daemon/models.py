@@ -1,5 +1,6 @@
-"""Tables the daemon keeps: adapter versions, the production pointer and its moves,
-improvement cycles with their evaluations and gate decisions, drift snapshots, leases.
+"""Tables the daemon keeps: imported base models, adapter versions, the production pointer
+and its moves, improvement cycles with their evaluations and gate decisions, drift
+snapshots, leases.
 
 They share `replay.models.Base` (one metadata, one naming convention) so that Alembic
 sees every table. The adapter folders themselves are in `stages/registry.py`; the
@@ -11,7 +12,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from replay.models import Base, UTCDateTime, utcnow
@@ -159,3 +169,26 @@ class Lease(Base):
     acquired_by: Mapped[str] = mapped_column(String(200))
     acquired_until: Mapped[datetime] = mapped_column(UTCDateTime)
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ImportedModel(Base):
+    """A base model brought into the home by `tutord model import`: where it came from
+    (with the source's hash), where its folder is, and its chat template."""
+
+    __tablename__ = "imported_models"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    source_kind: Mapped[str] = mapped_column(String(16))
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    dtype: Mapped[str] = mapped_column(String(16))
+    architecture: Mapped[str] = mapped_column(String(100))
+    parameters: Mapped[int] = mapped_column(BigInteger)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    chat_template: Mapped[str | None] = mapped_column(Text)
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("source_kind IN ('gguf', 'folder', 'named')", name="source_kind"),
+    )

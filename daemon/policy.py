@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from daemon import adapters
 from daemon.home import Home, HomeError
+from daemon.model_store import resolve_model
 from daemon.settings import Settings
 from replay.db import session_scope
 from stages import registry
@@ -42,9 +43,10 @@ def context_length(model: str) -> int | None:
 
 
 def base_model(home: Home, settings: Settings) -> str:
-    """The base model: `model.base`, or the embedded world's bootstrapped model."""
+    """The base model's folder: `model.base` (an imported name or a local folder), or the
+    embedded world's bootstrapped model."""
     if settings.model.base:
-        return settings.model.base
+        return resolve_model(home, settings.model.base)
     path = home.root / WORLD_BASE
     if not (path / "config.json").is_file():
         raise HomeError(
@@ -99,4 +101,7 @@ def judge_backend(home: Home, settings: Settings) -> GenerationBackend | None:
         if not settings.judge.server_url:
             raise HomeError("judge.backend is 'openai' but judge.server_url is not set")
         options["base_url"] = settings.judge.server_url
-    return make_backend(settings.judge.backend, settings.judge.base, **options)
+    base = settings.judge.base
+    if settings.judge.backend != "openai":
+        base = resolve_model(home, base, "judge.base")
+    return make_backend(settings.judge.backend, base, **options)

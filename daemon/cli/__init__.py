@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from daemon import adapters, migrate
 from daemon.cli.adapter_commands import adapters_app, rollback
 from daemon.cli.cycle_commands import cycle, demo, report
+from daemon.cli.model_commands import model_app
 from daemon.cli.synth_command import synth
 from daemon.cli.util import EXIT_REJECTED, Context, err, fail, guard, out, ready
 from daemon.cli.world_commands import world_app
@@ -272,6 +273,7 @@ def db_current(ctx: typer.Context) -> None:
 
 
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(model_app, name="model")
 app.add_typer(world_app, name="world")
 app.command()(synth)
 app.command()(cycle)

@@ -45,7 +45,7 @@ def test_init_lays_out_the_home(tmp_path: Path) -> None:
     h = tmp_path / "h"
     code, out, _ = tutord(h, "init")
     assert code == 0
-    for name in ("adapters", "cycles", "reports", "spool", "quarantine"):
+    for name in ("adapters", "cycles", "models", "reports", "spool", "quarantine"):
         assert (h / name).is_dir()
     assert (h / "tutord.toml").is_file() and (h / "tutord.db").is_file()
     assert f"revision  {migrate.head_revision()}" in out

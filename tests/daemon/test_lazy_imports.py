@@ -1,6 +1,6 @@
-"""The light commands (`ingest`, `status`, `adapters`, `rollback`, `db`, `init`) run without
-loading torch, transformers, vLLM or the world: each runs in-process in a fresh interpreter
-that then reports which heavy modules it holds."""
+"""The light commands (`ingest`, `status`, `adapters`, `rollback`, `db`, `init`, `model list`)
+run without loading torch, transformers, vLLM or the world: each runs in-process in a fresh
+interpreter that then reports which heavy modules it holds."""
 
 from __future__ import annotations
 
@@ -65,8 +65,9 @@ def test_light_commands_load_no_heavy_library(tmp_path: Path) -> None:
         ["--home", home, "adapters", "list"],
         ["--home", home, "rollback"],
         ["--home", home, "db", "current"],
+        ["--home", home, "model", "list"],
     ]
     result = run(commands)
     # rollback has nothing to roll back to (exit 1, refused): it still ran, without torch
-    assert result["codes"] == [0, 0, 0, 0, 1, 0]
+    assert result["codes"] == [0, 0, 0, 0, 1, 0, 0]
     assert result["loaded"] == []
