@@ -56,7 +56,7 @@ DEMO_CONFIG = {
         "top_p": 0.9,
         "recent_interactions": 6000,
     },
-    "judge": {"max_new_tokens": 36},
+    "judge": {"max_new_tokens": 56},
     # Half of every stage's data replays older data: at the default 0.25, the SFT cycle that
     # taught mul cost add and sub 5-10 points and the gate rejected it (measured, one seed).
     "replay": {"ratio": 0.5},

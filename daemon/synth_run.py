@@ -34,7 +34,7 @@ from daemon.settings import Settings
 from daemon.tasks import grader_spec, live_tasks
 from judges.feedback import FeedbackItem, check_feedback, feedback_data
 from judges.graders import resolve_grader
-from judges.judge_training import JUDGE_TASK, judge_examples
+from judges.judge_training import JUDGE_TASK, Explain, KnownAnswer, judge_examples
 from judges.llm_judge import COMPACT_POINTWISE_TEMPLATE, POINTWISE_TEMPLATE, PointwiseJudge
 from judges.synth import (
     Pair,
@@ -88,6 +88,18 @@ class SynthSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _explainer(tasks: dict[str, Task]) -> Explain:
+    """The reason of the verdict on a known answer, from its task (`Task.explain`)."""
+
+    def explain(answer: KnownAnswer) -> str | None:
+        task = tasks.get(answer.task or "")
+        if task is None or task.explain is None or not answer.reference:
+            return None
+        return task.explain(prompt_key(answer.prompt), answer.reference, answer.response)
+
+    return explain
 
 
 def verifier_for(
@@ -441,7 +453,9 @@ def run_synth(
             # the policy judges itself: teach it from answers whose quality is known
             wanted = len(result.sft) + len(feedback[0])
             limit = round(config.judge_share / (1 - config.judge_share) * max(wanted, 1))
-            for example in judge_examples(result.known + checked.known, judge.render, limit, seed):
+            for example in judge_examples(
+                result.known + checked.known, judge.render, limit, seed, _explainer(tasks)
+            ):
                 answer = example.answer
                 judge_sft.append(
                     SFTItem(

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 Chat = list[dict[str, str]]
 Render = Callable[[Chat, str], Chat]
 """The judge's rubric prompt for (prompt, response), as chat messages."""
+Explain = Callable[["KnownAnswer"], str | None]
+"""The reason of the verdict on a known answer (`Task.explain`), or None."""
 
 MAX_POINTS = 5
 JUDGE_TASK = "judge"
@@ -37,15 +39,20 @@ def in_judge_holdout(key: str, percent: int) -> bool:
     return int.from_bytes(digest[:8], "big") % 100 < percent
 
 
-def verdict(right: bool, reference: str | None = None) -> str:
+def verdict(right: bool, reference: str | None = None, reason: str | None = None) -> str:
     """The judge's answer for a response of known quality: a short reason, then the score.
-    With the reference known, the reason states it first (the judge learns to work out
-    the answer, then compare: a reference-guided verdict).
+    The reason is `reason` (the task's, `Task.explain`), else, with the reference known,
+    the reference stated first (the judge learns to work out the answer, then compare: a
+    reference-guided verdict).
 
     >>> verdict(True), verdict(False, "18")
     ('Correct. Score: 5', 'Should be 18. Wrong. Score: 0')
+    >>> verdict(False, "18", "Should be 9+9=18, got 17.")
+    'Should be 9+9=18, got 17. Wrong. Score: 0'
     """
-    lead = f"Should be {' '.join(reference.split())}. " if reference and reference.strip() else ""
+    if reason is None and reference and reference.strip():
+        reason = f"Should be {' '.join(reference.split())}."
+    lead = f"{reason} " if reason else ""
     return lead + (f"Correct. Score: {MAX_POINTS}" if right else "Wrong. Score: 0")
 
 
@@ -75,10 +82,15 @@ class JudgeExample:
 
 
 def judge_examples(
-    answers: Sequence[KnownAnswer], render: Render, limit: int, seed: int
+    answers: Sequence[KnownAnswer],
+    render: Render,
+    limit: int,
+    seed: int,
+    explain: Explain | None = None,
 ) -> list[JudgeExample]:
     """Up to `limit` examples, as many right as wrong answers where both exist (a judge
-    trained on one kind only learns to say one score), deterministic under `seed`."""
+    trained on one kind only learns to say one score), deterministic under `seed`. Each
+    verdict's reason is `explain(answer)` where it gives one, else the answer's reference."""
     if limit <= 0:
         return []
     rng = random.Random(f"judge-examples:{seed}")
@@ -92,5 +104,10 @@ def judge_examples(
     chosen = right[:take_right] + wrong[:take_wrong]
     rng.shuffle(chosen)
     return [
-        JudgeExample(render(a.prompt, a.response), verdict(a.right, a.reference), a) for a in chosen
+        JudgeExample(
+            render(a.prompt, a.response),
+            verdict(a.right, a.reference, explain(a) if explain else None),
+            a,
+        )
+        for a in chosen
     ]

@@ -75,6 +75,11 @@ class Task:
     answer_format: str | None = None
     """A grader spec scoring 1.0 when an answer has the task's format (it parses), right or
     wrong; None: the task declares no format. The curriculum's parse rate reads it."""
+    explain: Callable[[str, str, str], str | None] | None = None
+    """(prompt text, reference, response) -> the reason of a verdict: the worked answer
+    and what the response answered (e.g. `Should be 19+5=24, got 23.`), or None. The
+    judge's training verdicts state it, so the judge learns to work the answer out and
+    read the response's answer before comparing; None: the verdict states the reference."""
 
     @cached_property
     def heldout_keys(self) -> frozenset[str]:

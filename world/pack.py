@@ -10,13 +10,15 @@ It imports no torch and does not train or generate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 
 from judges.tasks import Task, TaskItem
 from world.config import WorldConfig
 from world.schedule import DEFAULT_RELEASE, live_families
 from world.tasks import Problem, TaskFamily, families
+from world.verify import final_integer
 
 GRADER = "world.verify:verify_integer"
 ANSWER_FORMAT = "world.verify:has_integer"
@@ -27,6 +29,26 @@ MAX_NEW_TOKENS = 16
 
 def _item(problem: Problem) -> TaskItem:
     return TaskItem(problem.messages(), problem.answer)
+
+
+def _explainer(family: TaskFamily) -> Callable[[str, str, str], str | None]:
+    """The reason of a verdict on an answer to a family's question (`Task.explain`): the
+    worked equation, its operands in the order every phrasing states them (as the
+    pretraining corpus writes equations), then the number the grader reads in the answer.
+    """
+
+    def explain(text: str, reference: str, response: str) -> str | None:
+        numbers = re.findall(r"\d+", text)
+        if len(numbers) != 2 or not reference.strip().lstrip("-").isdigit():
+            return None
+        a, b = (int(n) for n in numbers)
+        if family.op(a, b) != int(reference):
+            return None
+        got = final_integer(response)
+        read = "no number" if got is None else str(got)
+        return f"Should be {a}{family.symbol}{b}={int(reference)}, got {read}."
+
+    return explain
 
 
 def _task(family: TaskFamily) -> Task:
@@ -46,6 +68,7 @@ def _task(family: TaskFamily) -> Task:
         pool=pool,
         max_new_tokens=MAX_NEW_TOKENS,
         answer_format=ANSWER_FORMAT,
+        explain=_explainer(family),
     )
 
 
@@ -59,6 +82,10 @@ def arith_tasks(
     >>> add = arith_tasks(0)[0]
     >>> add.is_heldout(add.heldout()[0].prompt), add.is_heldout(add.pool(1, 0)[0].prompt)
     (True, False)
+    >>> add.explain("How much is 19 plus 5?", "24", "19+5=23")
+    'Should be 19+5=24, got 23.'
+    >>> add.explain("19 plus 5?", "25", "25") is None
+    True
     """
     known = families(config)
     schedule = DEFAULT_RELEASE if release is None else release

@@ -77,3 +77,21 @@ def test_a_known_reference_makes_a_reference_guided_verdict() -> None:
         "Should be 7. Correct. Score: 5",
         "Should be 7. Wrong. Score: 0",
     ]
+
+
+def test_the_tasks_worked_line_replaces_the_bare_reference() -> None:
+    """Where the task explains its reference (`Task.explain`), the verdict states the worked
+    line; where it gives none, the reference alone."""
+    answers = [
+        KnownAnswer(Q, "8", False, "add", "grader", 0, 0, reference="7"),
+        KnownAnswer(OPEN, "x", True, "chat", "rating", reference="y"),
+    ]
+
+    def explain(answer: KnownAnswer) -> str | None:
+        return "Should be 3+4=7, got 8." if answer.task == "add" else None
+
+    completions = sorted(e.completion for e in judge_examples(answers, render, 10, 0, explain))
+    assert completions == [
+        "Should be 3+4=7, got 8. Wrong. Score: 0",
+        "Should be y. Correct. Score: 5",
+    ]

@@ -116,3 +116,22 @@ def test_release_schedule() -> None:
     assert live_families(2) == ["add", "sub", "mul"]
     assert live_families(1, {"mul": 0, "add": 1}) == ["mul", "add"]
     assert WorldConfig().release == {"add": 0, "sub": 1, "mul": 2}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_phrasing_explains_as_the_corpus_writes_equations(name: str) -> None:
+    """`Task.explain` reads the operands of every phrasing in order (the judge's worked
+    verdict depends on it) and refuses a reference the operands do not give."""
+    from world.pack import arith_tasks
+
+    task = {t.name: t for t in arith_tasks(99)}[name]
+    family = get_family(name)
+    symbol = family.symbol
+    for item in task.pool(60, 0):
+        reference = str(item.reference)
+        line = task.explain(item.text, reference, f"It is {reference}")  # type: ignore[misc]
+        assert line is not None and line.endswith(f"={reference}, got {reference}."), item.text
+        a, b = line.removeprefix("Should be ").split("=")[0].split(symbol)
+        assert family.op(int(a), int(b)) == int(reference)
+        assert task.explain(item.text, str(int(reference) + 1), "") is None  # type: ignore[misc]
+    assert task.explain(item.text, reference, "no idea").endswith(", got no number.")  # type: ignore[misc,union-attr]
