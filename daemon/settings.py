@@ -103,7 +103,11 @@ class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base: str = Field(
-        "", description="Base model folder or hub id; empty: the embedded arith world's base."
+        "",
+        description=(
+            "An imported model's name (`tutord model import`) or a model folder; empty: the "
+            "embedded arith world's base."
+        ),
     )
     backend: BackendKind = Field("transformers", description="Generation backend.")
     server_url: str | None = Field(
@@ -121,7 +125,13 @@ class JudgeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base: str = Field("", description="Judge model; empty: the policy itself.")
+    base: str = Field(
+        "",
+        description=(
+            "Judge model: an imported model's name or a model folder (a served model's name "
+            "with backend 'openai'); empty: the policy itself."
+        ),
+    )
     backend: BackendKind = Field("transformers", description="Generation backend of the judge.")
     server_url: str | None = Field(
         None,

@@ -25,8 +25,8 @@ class TaskSettings(BaseModel):
     grader: str = Field(
         "exact",
         description=(
-            "exact, normalized, numeric, math, regex:PATTERN, json_schema:FILE (relative to "
-            "the home) or module:function"
+            "exact, normalized, contains, numeric, math, regex:PATTERN, json_schema:FILE "
+            "(relative to the home) or module:function"
         ),
     )
     prompts: str | None = Field(

@@ -29,6 +29,7 @@ from stages.dotted import import_object
 BUILTIN: dict[str, Verifier] = {
     "exact": verifiers.exact_match,
     "normalized": verifiers.normalized_match,
+    "contains": verifiers.contains_match,
     "numeric": verifiers.numeric_match,
     "math": verifiers.math_match,
 }

@@ -87,6 +87,30 @@ def normalized_match(
     ]
 
 
+def contains_match(
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    reference: Sequence[str | None] | None = None,
+    **_: Any,
+) -> list[float | None]:
+    """1.0 when the reference appears in the completion as whole words, case and spacing
+    aside: for short facts answered in a sentence.
+
+    >>> contains_match(["q"] * 3, ["The capital is Paris.", "Parisian", "paris"],
+    ...                reference=["Paris"] * 3)
+    [1.0, 0.0, 1.0]
+    """
+    refs = _references(len(completions), reference)
+    out: list[float | None] = []
+    for c, ref in zip(completions, refs, strict=True):
+        if ref is None or not normalize(ref):
+            out.append(None)
+            continue
+        pattern = r"(?<!\w)" + re.escape(normalize(ref)) + r"(?!\w)"
+        out.append(float(re.search(pattern, " ".join(_text(c).lower().split())) is not None))
+    return out
+
+
 def last_number(text: str) -> float | None:
     """The last number written in `text` (thousands separators allowed), or None.
 
