@@ -193,6 +193,34 @@ def default_config() -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def render_tables(config: dict[str, Any], path: tuple[str, ...] = ()) -> str:
+    """A nested dict as TOML: scalars and lists as keys, dicts as `[tables]` (for files a
+    program writes, such as the real-model demo's `tutord.toml`).
+
+    >>> print(render_tables({"model": {"base": "m", "threads": 2}, "tasks": {"a": {"x": 1}}}))
+    [model]
+    base = "m"
+    threads = 2
+    <BLANKLINE>
+    [tasks.a]
+    x = 1
+    <BLANKLINE>
+    <BLANKLINE>
+    """
+    lines: list[str] = []
+    scalars = {k: v for k, v in config.items() if not isinstance(v, dict)}
+    if scalars:
+        if path:
+            lines.append(f"[{'.'.join(_toml_key(p) for p in path)}]")
+        lines.extend(f"{_toml_key(k)} = {toml_value(v)}" for k, v in scalars.items())
+        lines.append("")
+    text = "\n".join(lines) + ("\n" if lines else "")
+    for key, value in config.items():
+        if isinstance(value, dict):
+            text += render_tables(value, (*path, str(key)))
+    return text
+
+
 def keys(kind: type = Settings, prefix: str = "") -> list[str]:
     """Every dotted key the default file documents (tables of user-named entries as NAME)."""
     out: list[str] = []

@@ -117,7 +117,7 @@ def _scores(results: dict[str, Any]) -> dict[str, float]:
     return {_family(name): float(t["score"]) for name, t in results["tasks"].items()}
 
 
-def _cycle_row(
+def cycle_row(
     home: Home,
     settings: Settings,
     cycle_id: int,
@@ -191,7 +191,7 @@ def _run_plan(
         started = time.monotonic()
         summary = run_cycle(engine, home, settings, seed=1000 * seed + i, say=say)
         rows.append(
-            _cycle_row(
+            cycle_row(
                 home,
                 settings,
                 summary.cycle_id,
@@ -211,13 +211,16 @@ def _fmt(scores: dict[str, float], family: str) -> str:
     return f"{scores[family]:.2f}" if family in scores else "  - "
 
 
-def table(rows: list[CycleRow]) -> str:
-    families = ("add", "sub", "mul")
-    head = "cycle  arrived  stage  candidate  " + "  ".join(f"{f}: prod->cand" for f in families)
+def table(rows: list[CycleRow], families: tuple[str, ...] = ("add", "sub", "mul")) -> str:
+    """Each cycle's production and candidate scores per task, stage and decision."""
+    width = max(len(f) for f in families) + len(": prod->cand")
+    head = "cycle  arrived  stage  candidate  " + "  ".join(
+        f"{f + ': prod->cand':>{width}}" for f in families
+    )
     lines = [head + "  decision", "-" * (len(head) + 10)]
     for r in rows:
         cells = "  ".join(
-            f"{_fmt(r.production_before, f):>5} -> {_fmt(r.candidate_scores, f):<4}"
+            f"{_fmt(r.production_before, f) + ' -> ' + _fmt(r.candidate_scores, f):>{width}}"
             for f in families
         )
         lines.append(

@@ -47,7 +47,9 @@ Share = Annotated[float, at.Interval(ge=0, le=1)]
 Dropout = Annotated[float, at.Interval(ge=0, lt=1)]
 Precision = Literal["auto", "float32", "bfloat16"]
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGETS = ("all-linear",)
+"""peft's every linear layer but the output head, whatever an architecture names them (on a
+Llama: q/k/v/o and gate/up/down projections); a list of module names narrows it."""
 
 
 def per_run(default: Any, hint: str = "") -> Any:

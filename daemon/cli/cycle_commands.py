@@ -82,11 +82,42 @@ def demo(
         bool,
         typer.Option(help="Also run the no-replay ablation (a second home beside; as long again)."),
     ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the real-model demo on this model instead of the world: a known name "
+            "(smollm2-135m-instruct), a GGUF file or a model folder.",
+            show_default=False,
+        ),
+    ] = None,
+    rehearsal: Annotated[
+        bool,
+        typer.Option(
+            help="With --model: replay and retention rehearsal (off: the forgetting run)."
+        ),
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the traffic and the cycles.")] = 0,
 ) -> None:
-    """Run the whole pipeline on the embedded world in a fresh home: the shipped base model,
-    cycles through SFT, DPO and RL as task families arrive, gate, report (and, with
-    --ablation, the same cycles without replay)."""
+    """Run the whole pipeline in a fresh home: on the embedded world (the shipped base model,
+    cycles through SFT, DPO and RL as task families arrive, gate, report; with --ablation,
+    the same cycles without replay), or with --model on a pretrained model you bring (two
+    tasks arrive while a retention suite guards what it knew)."""
+    c: Context = ctx.obj
+
+    def say(text: str) -> None:
+        out.print(text, markup=False)  # the demos print [tables] and [brackets] as they are
+
+    if model is not None:
+        from daemon.model_demo import run_model_demo
+        from stages.model_import import ModelImportError
+
+        try:
+            guard(
+                lambda: run_model_demo(c.home.root, model, seed=seed, rehearsal=rehearsal, say=say)
+            )
+        except ModelImportError as exc:
+            fail(str(exc))
+        return
     from daemon.demo import run_demo
 
-    c: Context = ctx.obj
-    guard(lambda: run_demo(c.home.root, ablation=ablation, say=out.print))
+    guard(lambda: run_demo(c.home.root, ablation=ablation, seed=seed, say=say))

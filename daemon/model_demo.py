@@ -1,0 +1,232 @@
+"""`tutord demo --model NAME`: the loop on a pretrained model people bring, from a fresh home.
+
+It imports the model (`daemon/model_store.py`: a named source such as
+`smollm2-135m-instruct`, a GGUF file or a model folder), asks the base the shipped general
+questions and keeps those it answers right as the RETENTION task (`evals/retention.py`):
+half of them held out and gated like any task, half left to synthesis, where the model's
+own verified answers become rehearsal data. Then two tasks arrive one after another, each
+declared in the home's `tutord.toml` only (`[tasks.sum2]`, later `[tasks.diff2]`:
+two-digit sums and differences answered with the number alone, graded `exact`), with
+traffic like real traffic before every cycle: mostly bare answers in the base's own wordy
+style, some rated, a few corrected. Each cycle synthesizes (the model judges its own
+candidates with the compact rubric), lets the curriculum choose the stage, trains, gates
+(task and retention) and promotes or rejects. With `rehearsal=False` the retention task
+is gated but gives no training prompts and replay is off: the forgetting run. It prints
+a table per cycle and writes the drift report. Nothing here names a stage or a decision.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from daemon import migrate
+from daemon.config_file import render_tables
+from daemon.cycle import run_cycle
+from daemon.demo import CycleRow, cycle_row
+from daemon.home import Home
+from daemon.model_store import import_model
+from daemon.report import write_drift_report
+from judges.llm_judge import COMPACT_POINTWISE_TEMPLATE
+from replay.db import make_engine
+from replay.ingest import ingest_files
+from stages.atomic import write_atomic
+
+TASKS: dict[str, tuple[str, Callable[[int, int], int]]] = {
+    "sum2": ("What is {a} + {b}?", operator.add),
+    "diff2": ("What is {a} - {b}?", operator.sub),
+}
+PLAN: tuple[str | None, ...] = ("sum2", None, "diff2", None)
+"""Per cycle: the task declared before it (None: none new); traffic keeps arriving."""
+PROMPTS_PER_TASK = 800
+TRAFFIC = {"first": 1200, "later": 300}
+"""Logs of a task in the cycle it arrives, and before each later cycle."""
+MIX = {"bare": 0.7, "rated": 0.2, "corrected": 0.1}
+
+SETTINGS: dict[str, Any] = {
+    "model": {"threads": 2},
+    "judge": {"max_new_tokens": 24, "pointwise_template": COMPACT_POINTWISE_TEMPLATE},
+    "synth": {"prompts": 24, "n": 4, "max_new_tokens": 12, "temperature": 0.8},
+    "replay": {"ratio": 0.5},
+    "gate": {"max_items": 150},
+    "train": {
+        "threads": 2,
+        "sft": {"max_steps": 60, "learning_rate": 0.001, "per_device_batch_size": 16},
+        "dpo": {"max_steps": 20, "learning_rate": 0.0002, "per_device_batch_size": 8},
+        "rl": {
+            "max_steps": 10,
+            "learning_rate": 0.0001,
+            "num_generations": 4,
+            "per_device_batch_size": 8,
+            "max_completion_length": 12,
+        },
+    },
+}
+RETENTION = {"grader": "contains", "heldout_percent": 50, "max_new_tokens": 32}
+
+
+def task_rows(name: str, seed: int = 0) -> list[dict[str, str]]:
+    """The task's prompts file: `PROMPTS_PER_TASK` two-digit questions with references."""
+    template, op = TASKS[name]
+    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100) if op(a, b) >= 0]
+    random.Random(f"{name}:{seed}").shuffle(pairs)
+    return [
+        {"prompt": template.format(a=a, b=b), "reference": str(op(a, b))}
+        for a, b in pairs[:PROMPTS_PER_TASK]
+    ]
+
+
+def traffic(name: str, count: int, seed: int) -> list[dict[str, Any]]:
+    """`count` logs of a task: the question, an answer in a base model's wordy style (right
+    about one time in five), and MIX's share of ratings and corrections."""
+    template, op = TASKS[name]
+    rng = random.Random(f"traffic:{name}:{seed}")
+    sign = "+" if op is operator.add else "-"
+    logs = []
+    for _ in range(count):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        a, b = (max(a, b), min(a, b)) if op is operator.sub else (a, b)
+        right = op(a, b)
+        said = right if rng.random() < 0.2 else right + rng.choice((-10, -2, -1, 1, 2, 10))
+        answer = rng.choice(
+            (
+                f"{a} {sign} {b} = {said}",
+                f"The answer is {said}.",
+                f"To work out {a} {sign} {b}, we get {said}.",
+            )
+        )
+        record: dict[str, Any] = {
+            "messages": [
+                {"role": "user", "content": template.format(a=a, b=b)},
+                {"role": "assistant", "content": answer},
+            ],
+            "task": name,
+        }
+        draw = rng.random()
+        if draw < MIX["corrected"] and said != right:
+            record["feedback"] = {"correction": str(right)}
+        elif draw < MIX["corrected"] + MIX["rated"]:
+            record["feedback"] = {"rating": 1 if said == right else -1}
+        logs.append(record)
+    return logs
+
+
+def write_config(home: Home, model: str, tasks: list[str], rehearsal: bool) -> None:
+    """The home's `tutord.toml`: the demo's settings and the tasks declared so far."""
+    config: dict[str, Any] = json.loads(json.dumps(SETTINGS))
+    config["model"]["base"] = model
+    if not rehearsal:
+        config["replay"]["ratio"] = 0.0
+    declared: dict[str, Any] = {
+        "retention": {
+            **RETENTION,
+            "prompts": "retention.jsonl",
+            "heldout_percent": RETENTION["heldout_percent"] if rehearsal else 100,
+        }
+    }
+    for name in tasks:
+        declared[name] = {
+            "grader": "exact",
+            "answer_format": "regex:\\s*-?[0-9]+\\s*",
+            "prompts": f"{name}.jsonl",
+            "max_new_tokens": 8,
+        }
+    config["tasks"] = declared
+    header = "# Written by `tutord demo --model`: the demo's settings and the tasks so far.\n\n"
+    write_atomic(home.config_file, header + render_tables(config))
+
+
+def _retention_file(home: Home, model_dir: str, say: Callable[[str], None]) -> float:
+    from evals.retention import general_questions, known_to, write_prompts
+    from stages.generate.factory import make_backend
+
+    backend = make_backend("transformers", model_dir)
+    try:
+        kept = known_to(backend, general_questions())
+    finally:
+        backend.close()
+    write_prompts(kept.questions, home.root / "retention.jsonl")
+    say(
+        f"retention suite: the base answers {len(kept.questions)} of {kept.asked} general "
+        f"questions right ({kept.share:.0%}); those are kept"
+    )
+    return kept.share
+
+
+def run_model_demo(
+    root: Path,
+    model: str,
+    *,
+    seed: int = 0,
+    rehearsal: bool = True,
+    plan: tuple[str | None, ...] = PLAN,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the real-model demo in `root` (a fresh home) on `model` (a named source, a GGUF
+    file or a model folder)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    started = time.monotonic()
+    home = Home(root)
+    if home.root.exists() and any(home.root.iterdir()):
+        raise FileExistsError(f"{home.root} is not empty; the demo needs a fresh home")
+    home.create()
+    engine = make_engine(home.default_database_url())
+    migrate.upgrade(engine)
+    say(f"importing {model} ...")
+    imported = import_model(home, engine, model, say=say)
+    base_share = _retention_file(home, imported.path, say)
+    rows: list[CycleRow] = []
+    declared: list[str] = []
+    for i, task in enumerate(plan):
+        if task is not None:
+            rows_file = home.root / f"{task}.jsonl"
+            write_atomic(rows_file, "".join(json.dumps(r) + "\n" for r in task_rows(task)))
+            declared.append(task)
+            say(f"cycle {i + 1}: [tasks.{task}] declared in tutord.toml")
+        write_config(home, imported.name, declared, rehearsal)
+        settings = home.settings()
+        logs = home.root / f"traffic-{i}.jsonl"
+        batch = [(t, TRAFFIC["first"] if t == task else TRAFFIC["later"]) for t in declared]
+        records = [r for t, n in batch for r in traffic(t, n, 1000 * seed + 10 * i)]
+        write_atomic(logs, "".join(json.dumps(r) + "\n" for r in records))
+        report = ingest_files(engine, [logs], source="demo", quarantine_dir=home.quarantine)
+        say(f"cycle {i + 1}: {report.ingested} interactions arrived")
+        t0 = time.monotonic()
+        summary = run_cycle(engine, home, settings, seed=1000 * seed + i, say=say)
+        rows.append(
+            cycle_row(
+                home,
+                settings,
+                summary.cycle_id,
+                task,
+                time.monotonic() - t0,
+                summary.outcome_reason or summary.decision_reason or "",
+                summary.stage,
+                summary.candidate,
+                summary.outcome,
+            )
+        )
+    html, _json = write_drift_report(engine, home, home.reports)
+    engine.dispose()
+    result: dict[str, Any] = {
+        "model": imported.name,
+        "rehearsal": rehearsal,
+        "retention_base_share": round(base_share, 3),
+        "cycles": [r.__dict__ for r in rows],
+        "report": str(html),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    say("")
+    from daemon.demo import table
+
+    say(table(rows, ("sum2", "diff2", "retention")))
+    say(f"drift report: {html}")
+    say(f"\ndemo finished in {result['seconds'] / 60:.1f} minutes")
+    write_atomic(home.reports / "demo.json", json.dumps(result, indent=1))
+    return result

@@ -1,0 +1,50 @@
+"""The real-model demo's pieces: its tasks' prompts, its traffic, its `tutord.toml`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from daemon.home import Home
+from daemon.model_demo import MIX, task_rows, traffic, write_config
+from daemon.settings import load_settings
+
+
+def test_task_rows_are_distinct_two_digit_questions_with_exact_references() -> None:
+    rows = task_rows("diff2")
+    assert len(rows) == len({r["prompt"] for r in rows}) == 800
+    for row in rows:
+        a, b = (int(x) for x in row["prompt"].removeprefix("What is ").rstrip("?").split(" - "))
+        assert 10 <= b <= a <= 99 and row["reference"] == str(a - b)
+    assert task_rows("sum2") == task_rows("sum2") != task_rows("sum2", seed=1)
+
+
+def test_traffic_is_mostly_bare_with_some_ratings_and_right_corrections() -> None:
+    logs = traffic("sum2", 2000, seed=3)
+    rated = [r for r in logs if "rating" in r.get("feedback", {})]
+    corrected = [r for r in logs if "correction" in r.get("feedback", {})]
+    bare = len(logs) - len(rated) - len(corrected)
+    assert abs(bare / len(logs) - MIX["bare"]) < 0.06
+    assert abs(len(rated) / len(logs) - MIX["rated"]) < 0.05
+    assert 0.04 < len(corrected) / len(logs) <= MIX["corrected"]
+    for r in corrected:
+        a, b = (int(x) for x in r["messages"][0]["content"][8:-1].split(" + "))
+        assert r["feedback"]["correction"] == str(a + b)
+        assert not r["messages"][1]["content"].endswith(f" {a + b}")
+    assert all(r["task"] == "sum2" for r in logs)
+
+
+def test_the_config_declares_the_tasks_so_far_and_loads(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.create()
+    write_config(home, "smol", ["sum2"], rehearsal=True)
+    settings = load_settings(tmp_path)
+    assert settings.model.base == "smol"
+    assert set(settings.tasks) == {"retention", "sum2"}
+    assert settings.tasks["retention"].grader == "contains"
+    assert settings.tasks["retention"].heldout_percent == 50
+    assert settings.replay.ratio == 0.5
+    write_config(home, "smol", ["sum2", "diff2"], rehearsal=False)
+    settings = load_settings(tmp_path)
+    assert set(settings.tasks) == {"retention", "sum2", "diff2"}
+    assert settings.tasks["retention"].heldout_percent == 100  # gated, never trained on
+    assert settings.replay.ratio == 0.0
