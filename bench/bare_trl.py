@@ -7,9 +7,16 @@ the given LoRA adapter (trainable), trains `--steps` steps with `SFTTrainer`, `D
 `GRPOTrainer`, and saves the adapter with `save_pretrained`. The arguments that decide what is
 computed match tutord's stage configs (float32, no gradient checkpointing, max_length 1024,
 loss on the assistant turn only, linear schedule without warmup, the same seed, beta and
-sampling settings); everything else is left at TRL's defaults: no checkpoints, logging every
-10 steps, no guards, no registry, no manifest, no result file. With `--report FILE` it writes
-the seconds spent in `trainer.train()` (the one thing it times) as JSON.
+sampling settings, DPO's NLL term on the chosen answers with `--sft-weight`); everything else
+is left at TRL's defaults: no checkpoints, logging every 10 steps, no guards, no registry, no
+manifest, no result file. With `--report FILE` it writes the seconds spent in
+`trainer.train()` (the one thing it times) as JSON.
+
+SFT's loss on the assistant turn: with a chat template that marks it with `{% generation %}`
+blocks (the arith world's), TRL's `assistant_only_loss` on the `messages`; with one that does
+not (most real models', e.g. SmolLM2's), each chat split into a prompt (every turn but the
+last) and a completion (the last turn) and TRL's completion-only loss, as tutord's SFT stage
+does.
 
     python bench/bare_trl.py --stage sft --base BASE --adapter PARENT --data rows.jsonl \
         --out OUT [--steps 30] [--batch 16] [--lr 3e-3] [--report times.json]
@@ -40,6 +47,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--beta", type=float, default=None, help="DPO / GRPO beta")
+    p.add_argument(
+        "--sft-weight", type=float, default=0.0, help="DPO: weight of the NLL term (0: none)"
+    )
     p.add_argument("--num-generations", type=int, default=8)
     p.add_argument("--max-completion-length", type=int, default=16)
     p.add_argument("--temperature", type=float, default=0.7)
@@ -67,9 +77,18 @@ def main() -> None:
     if a.stage == "sft":
         from trl import SFTConfig, SFTTrainer
 
+        template = tokenizer.chat_template or ""
+        if "generation" in template and "endgeneration" in template:
+            loss = dict(assistant_only_loss=True)
+        else:  # no generation blocks: the last (assistant) turn is the completion
+            dataset = dataset.map(
+                lambda row: {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]},
+                remove_columns=["messages"],
+            )
+            loss = dict(completion_only_loss=True)
         trainer = SFTTrainer(
             model=model,
-            args=SFTConfig(**common, max_length=1024, assistant_only_loss=True),
+            args=SFTConfig(**common, max_length=1024, packing=False, **loss),
             train_dataset=dataset,
             processing_class=tokenizer,
         )
@@ -78,7 +97,16 @@ def main() -> None:
 
         trainer = DPOTrainer(
             model=model,
-            args=DPOConfig(**common, max_length=1024, beta=0.1 if a.beta is None else a.beta),
+            args=DPOConfig(
+                **common,
+                max_length=1024,
+                beta=0.1 if a.beta is None else a.beta,
+                **(
+                    dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, a.sft_weight])
+                    if a.sft_weight
+                    else {}
+                ),
+            ),
             train_dataset=dataset,
             processing_class=tokenizer,
         )

@@ -35,8 +35,18 @@ both sides (the daemon's default reward dispatches to a task's grader; here both
 same function). Datasets and base model are built once, before any timing. It checks
 nothing about model quality.
 
+With `--base FOLDER` (a real model folder, e.g. SmolLM2-135M-Instruct as `tutord model import
+smollm2-135m-instruct` writes it) that folder is the base instead of a random world model: its
+own weights, tokenizer and chat template (templates without `{% generation %}` blocks train on
+the last turn as a completion, on both sides). The parent adapter (r 16 on every linear layer
+but the output head, what tutord's "all-linear" targets) and the training files are built as
+above, from the world's addition problems (plain chat messages any chat template renders).
+Default workload then: SFT 8 steps, DPO 4, RL 2. `--json FILE` also writes the figures as JSON
+(what `bench/real_model.py` reads).
+
     OMP_NUM_THREADS=1 .venv/bin/python bench/train.py [--stages sft,dpo,rl] [--size tiny|26m]
-        [--steps N | --steps sft=N,dpo=N,rl=N] [--repeats 3] [--keep DIR]
+        [--base FOLDER] [--steps N | --steps sft=N,dpo=N,rl=N] [--repeats 3] [--keep DIR]
+        [--json FILE]
 """
 
 from __future__ import annotations
@@ -68,6 +78,7 @@ SIZES = ("tiny", "26m")
 STEPS: dict[str, dict[str, int]] = {
     "tiny": {"sft": 30, "dpo": 15, "rl": 6},
     "26m": {"sft": 10, "dpo": 6, "rl": 3},
+    "base": {"sft": 8, "dpo": 4, "rl": 2},  # --base: a real model (e.g. 135M parameters)
 }
 
 
@@ -106,30 +117,44 @@ def children_cpu() -> float:
 # -- fixtures (built once, untimed) -----------------------------------------------------------
 
 
-def build_world(root: Path, size: str) -> tuple[Path, Path, dict[str, Path], int]:
+def build_world(
+    root: Path, size: str, base_model: Path | None = None
+) -> tuple[Path, Path, dict[str, Path], int]:
     """Base model folder, a parent adapter folder (PEFT, not yet in a registry), a training
-    file per stage; the parameter count."""
+    file per stage; the parameter count. With `base_model` (a model folder) that folder is
+    the base, used in place (read only), instead of a random world model."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from world.model import ModelShape, build_model, parameter_count
     from world.tasks import families
-    from world.tokenizer import build_tokenizer
 
-    shape = (
-        ModelShape()
-        if size == "tiny"
-        else ModelShape(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1536)
-    )
-    tokenizer = build_tokenizer()
-    model = build_model(tokenizer, seed=0, shape=shape)
-    base = root / "base"
-    model.save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    if base_model is None:
+        from world.tokenizer import build_tokenizer
+
+        shape = (
+            ModelShape()
+            if size == "tiny"
+            else ModelShape(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=1536)
+        )
+        tokenizer = build_tokenizer()
+        model = build_model(tokenizer, seed=0, shape=shape)
+        base = root / "base"
+        model.save_pretrained(base)
+        tokenizer.save_pretrained(base)
+        targets: list[str] = TARGETS
+    else:
+        from transformers import AutoModelForCausalLM
+
+        from stages.policy import linear_module_names
+
+        base = base_model.resolve()
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        targets = sorted(linear_module_names(model))  # what tutord's "all-linear" adapts
     params = parameter_count(model)
     torch.manual_seed(1)
     peft_model = get_peft_model(
-        model, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM")
+        model, LoraConfig(r=16, lora_alpha=32, target_modules=targets, task_type="CAUSAL_LM")
     )
     with torch.no_grad():  # a production adapter that is not the identity
         for name, param in peft_model.named_parameters():
@@ -255,6 +280,8 @@ def run_bare(stage: str, steps: int, base: Path, parent: Path, data: Path, work:
     ]
     if stage in ("dpo", "rl"):
         command += ["--beta", repr(config.beta)]
+    if stage == "dpo":
+        command += ["--sft-weight", repr(config.sft_weight)]
     if stage == "rl":
         command += [
             "--num-generations",
@@ -331,12 +358,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stages", default="sft,dpo,rl")
     parser.add_argument("--size", choices=SIZES, default="tiny")
+    parser.add_argument(
+        "--base",
+        type=Path,
+        default=None,
+        help="a model folder to use as the base instead of a random world model (--size is "
+        "then ignored), e.g. H/models/smollm2-135m-instruct from `tutord --home H model import "
+        "smollm2-135m-instruct`",
+    )
     parser.add_argument("--steps", default=None, help="N, or sft=N,dpo=N,rl=N")
     parser.add_argument("--repeats", "--repeat", dest="repeats", type=int, default=3)
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-    steps = parse_steps(args.steps, args.size, stages)
+    if args.base is not None and not (args.base / "config.json").is_file():
+        parser.error(f"--base {args.base}: no config.json (not a model folder)")
+    steps = parse_steps(args.steps, "base" if args.base else args.size, stages)
 
     import datasets
     from transformers.utils import logging as hf_logging
@@ -354,7 +392,7 @@ def main() -> None:
             parser.error(f"--keep {root}: not empty")
         root.mkdir(parents=True, exist_ok=True)
     try:
-        base, parent, files, params = build_world(root, args.size)
+        base, parent, files, params = build_world(root, args.size, args.base)
         # Warm the page cache for both sides' imports, untimed.
         subprocess.run(
             [sys.executable, "-c", "import trl, peft, datasets; from trl import GRPOTrainer"],
@@ -363,13 +401,16 @@ def main() -> None:
             capture_output=True,
             check=True,
         )
+        model_name = str(base) if args.base else args.size
+        where = "every linear layer" if args.base else f"{len(TARGETS)} projections"
         print(
-            f"model {args.size}: {params / 1e6:.2f}M parameters, LoRA r 16 on {len(TARGETS)} "
-            f"projections continued from a parent adapter; 1 torch thread per process; "
+            f"model {model_name}: {params / 1e6:.2f}M parameters, LoRA r 16 on {where} "
+            f"continued from a parent adapter; 1 torch thread per process; "
             f"{args.repeats} runs per side, alternating; seconds: median (min..max)"
         )
         rows = []
         signs = []
+        figures: dict[str, Any] = {}
         for stage in stages:
             settings = stage_settings(stage, steps[stage])
             runs: dict[str, list[Run]] = {"tutord": [], "bare": []}
@@ -396,6 +437,16 @@ def main() -> None:
                 f"(sign test p = {sign_test(slower[0], n):.2f}), {slower[1]} of {n} by CPU "
                 f"seconds (p = {sign_test(slower[1], n):.2f})"
             )
+            figures[stage] = {
+                "steps": steps[stage],
+                "batch": settings.per_device_batch_size,
+                **{
+                    f"{side}_{key}": [getattr(r, key) for r in runs[side]]
+                    for side in ("tutord", "bare")
+                    for key in ("wall_s", "cpu_s", "train_s")
+                },
+                "max_weight_diff": diff,
+            }
             unit = {"sft": "chats", "dpo": "pairs", "rl": "completions"}[stage]
             name = {"sft": "SFT", "dpo": "DPO", "rl": "RL (GRPO)"}[stage]
             rows.append(
@@ -435,6 +486,9 @@ def main() -> None:
         print()
         for note in NOTES:
             print(textwrap.fill(note, width=100))
+        if args.json is not None:
+            record = {"model": model_name, "parameters": params, "repeats": args.repeats}
+            args.json.write_text(json.dumps({**record, "stages": figures}, indent=1) + "\n")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -135,7 +135,9 @@ class VLLMBackend:
             top_p=params.top_p if not params.greedy else 1.0,
             max_tokens=params.max_new_tokens,
             seed=params.seed,
-            stop_token_ids=list(self.stop_ids),
+            # vLLM stops at stop_token_ids even with ignore_eos: a benchmark's fixed-length
+            # run passes none
+            stop_token_ids=[] if params.ignore_eos else list(self.stop_ids),
             ignore_eos=params.ignore_eos,
             skip_special_tokens=True,
         )

