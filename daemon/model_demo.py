@@ -33,6 +33,7 @@ from daemon.demo import CycleRow, cycle_row
 from daemon.home import Home
 from daemon.model_store import import_model
 from daemon.report import write_drift_report
+from evals.retention import MAX_NEW_TOKENS
 from judges.llm_judge import COMPACT_POINTWISE_TEMPLATE
 from replay.db import make_engine
 from replay.ingest import ingest_files
@@ -52,12 +53,19 @@ MIX = {"bare": 0.7, "rated": 0.2, "corrected": 0.1}
 SETTINGS: dict[str, Any] = {
     "model": {"threads": 2},
     "judge": {"max_new_tokens": 24, "pointwise_template": COMPACT_POINTWISE_TEMPLATE},
-    "synth": {"prompts": 24, "n": 4, "max_new_tokens": 12, "temperature": 0.8},
+    # Many prompts, two candidates each: the retention task's training half gets enough
+    # prompts for its verified answers to be a real share of the data (self-rehearsal).
+    "synth": {"prompts": 48, "n": 2, "max_new_tokens": 12, "temperature": 0.8},
     "replay": {"ratio": 0.5},
     "gate": {"max_items": 150},
     "train": {
         "threads": 2,
-        "sft": {"max_steps": 60, "learning_rate": 0.001, "per_device_batch_size": 16},
+        "sft": {
+            "max_steps": 40,
+            "learning_rate": 0.001,
+            "per_device_batch_size": 16,
+            "max_seconds": 1200,
+        },
         "dpo": {"max_steps": 20, "learning_rate": 0.0002, "per_device_batch_size": 8},
         "rl": {
             "max_steps": 10,
@@ -68,7 +76,7 @@ SETTINGS: dict[str, Any] = {
         },
     },
 }
-RETENTION = {"grader": "contains", "heldout_percent": 50, "max_new_tokens": 32}
+RETENTION = {"grader": "contains", "heldout_percent": 50, "max_new_tokens": MAX_NEW_TOKENS}
 
 
 def task_rows(name: str, seed: int = 0) -> list[dict[str, str]]:

@@ -23,8 +23,9 @@ from stages.generate.api import GenerationBackend, SamplingParams
 
 DATA = Path(__file__).parent / "data" / "general_knowledge.jsonl"
 GRADER = "contains"
-MAX_NEW_TOKENS = 48
-"""Long enough for a sentence that states the fact."""
+MAX_NEW_TOKENS = 32
+"""Long enough for a sentence that states the fact; the retention task's gate uses the same
+length, so that what was kept is what the gate can see."""
 
 
 @dataclass(frozen=True)
