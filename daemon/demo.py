@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from daemon import migrate
 from daemon.cycle import run_cycle
@@ -157,6 +157,30 @@ def cycle_row(
     )
 
 
+def timed_cycle(
+    engine: Engine,
+    home: Home,
+    settings: Settings,
+    arrived: str | None,
+    seed: int,
+    say: Callable[[str], None],
+) -> CycleRow:
+    """Run one cycle (`arrived`: what arrived before it) and return its row of the table."""
+    started = time.monotonic()
+    summary = run_cycle(engine, home, settings, seed=seed, say=say)
+    return cycle_row(
+        home,
+        settings,
+        summary.cycle_id,
+        arrived,
+        time.monotonic() - started,
+        summary.outcome_reason or summary.decision_reason or "",
+        summary.stage,
+        summary.candidate,
+        summary.outcome,
+    )
+
+
 def _run_plan(
     home: Home,
     base_dir: Path,
@@ -188,21 +212,7 @@ def _run_plan(
         report = ingest_files(engine, [logs], source="demo", quarantine_dir=home.quarantine)
         arrived = ", ".join(f"{count} {name}" for name, count in batch)
         say(f"cycle {i}: {report.ingested} interactions arrived ({arrived})")
-        started = time.monotonic()
-        summary = run_cycle(engine, home, settings, seed=1000 * seed + i, say=say)
-        rows.append(
-            cycle_row(
-                home,
-                settings,
-                summary.cycle_id,
-                family,
-                time.monotonic() - started,
-                summary.outcome_reason or summary.decision_reason or "",
-                summary.stage,
-                summary.candidate,
-                summary.outcome,
-            )
-        )
+        rows.append(timed_cycle(engine, home, settings, family, 1000 * seed + i, say))
     engine.dispose()
     return rows
 

@@ -28,8 +28,7 @@ from typing import Any
 
 from daemon import migrate
 from daemon.config_file import render_tables
-from daemon.cycle import run_cycle
-from daemon.demo import CycleRow, cycle_row
+from daemon.demo import CycleRow, timed_cycle
 from daemon.home import Home
 from daemon.model_store import import_model
 from daemon.report import write_drift_report
@@ -205,21 +204,7 @@ def run_model_demo(
         write_atomic(logs, "".join(json.dumps(r) + "\n" for r in records))
         report = ingest_files(engine, [logs], source="demo", quarantine_dir=home.quarantine)
         say(f"cycle {i + 1}: {report.ingested} interactions arrived")
-        t0 = time.monotonic()
-        summary = run_cycle(engine, home, settings, seed=1000 * seed + i, say=say)
-        rows.append(
-            cycle_row(
-                home,
-                settings,
-                summary.cycle_id,
-                task,
-                time.monotonic() - t0,
-                summary.outcome_reason or summary.decision_reason or "",
-                summary.stage,
-                summary.candidate,
-                summary.outcome,
-            )
-        )
+        rows.append(timed_cycle(engine, home, settings, task, 1000 * seed + i, say))
     html, _json = write_drift_report(engine, home, home.reports)
     engine.dispose()
     result: dict[str, Any] = {
