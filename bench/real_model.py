@@ -56,14 +56,17 @@ NAMES = {"sft": "SFT", "dpo": "DPO"}
 UNITS = {"sft": "chats", "dpo": "pairs"}
 
 
-def run_script(script: str, arguments: list[str], env: dict[str, str]) -> bool:
-    """Run `bench/<script>` with `arguments`, its output going to ours; whether it succeeded."""
-    command = [sys.executable, str(HERE / script), *arguments]
+def run_script(script: str, arguments: list[str], env: dict[str, str], out: Path) -> Any:
+    """Run `bench/<script>` with `arguments` and `--json out`, its output going to ours; the
+    JSON it wrote, or None when it failed."""
+    command = [sys.executable, str(HERE / script), *arguments, "--json", str(out)]
     print(f"\n$ {' '.join(command)}", flush=True)
     code = subprocess.run(command, cwd=REPO, env=env, check=False).returncode
     if code != 0:
         print(f"{script} exited {code}", flush=True)
-    return code == 0
+        print(f"{script} failed: its comparisons are missing (see its output above)")
+        return None
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def verdict(overhead: float) -> str:
@@ -185,41 +188,35 @@ def main() -> None:
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     rows: list[tuple[str, str, str, float]] = []
-    failed = []
+    results: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="tutord-bench-real-") as tmp:
-        train_json = Path(tmp) / "train.json"
         if stages:
-            ok = run_script(
+            trained = run_script(
                 "train.py",
                 [
                     "--base", str(args.model), "--stages", ",".join(stages),
                     "--steps", args.steps, "--repeats", str(args.repeats),
-                    "--json", str(train_json),
                 ],
                 env,
+                Path(tmp) / "train.json",
             )  # fmt: skip
-            if ok:
-                rows += train_rows(json.loads(train_json.read_text(encoding="utf-8")))
-            else:
-                failed.append("bench/train.py")
-        generate_json = Path(tmp) / "generate.json"
+            results.append(trained)
+            rows += train_rows(trained) if trained is not None else []
         if backends:
             sides = [s for b in backends for s in (b, f"bare-{b}")]
-            ok = run_script(
+            generated = run_script(
                 "generate.py",
                 [
                     "--model", str(args.model), "--backends", ",".join(sides),
                     "--batch-sizes", args.batch_sizes, "--new-tokens", str(args.new_tokens),
                     "--repeat", str(args.repeats), "--vllm-memory", str(args.vllm_memory),
-                    "--json", str(generate_json),
                     *(["--bare-vllm-lora"] if args.bare_vllm_lora else []),
                 ],
                 env,
+                Path(tmp) / "generate.json",
             )  # fmt: skip
-            if ok:
-                rows += generate_rows(json.loads(generate_json.read_text(encoding="utf-8")))
-            else:
-                failed.append("bench/generate.py")
+            results.append(generated)
+            rows += generate_rows(generated) if generated is not None else []
 
     print(f"\nSummary: {args.model}; overhead = tutord's time / the bare side's - 1 (+: tutord "
           f"slower); within {WITHIN:g}%: overhead at most +{WITHIN:g}%")  # fmt: skip
@@ -228,14 +225,12 @@ def main() -> None:
     print("|" + " --- |" * len(header))
     for label, ours, bare, overhead in rows:
         print(f"| {label} | {ours} | {bare} | {overhead:+.1f}% | {verdict(overhead)} |")
-    for script in failed:
-        print(f"{script} failed: its comparisons are missing (see its output above)")
     if args.json is not None:
         summary = [
             {"comparison": r[0], "tutord": r[1], "bare": r[2], "overhead_pct": r[3]} for r in rows
         ]
         args.json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    if failed:
+    if None in results:
         sys.exit(1)
 
 
