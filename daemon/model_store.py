@@ -23,6 +23,7 @@ from sqlalchemy import Engine, select
 from daemon.home import Home, HomeError
 from daemon.models import ImportedModel
 from replay.db import session_scope
+from replay.models import utcnow
 from stages.atomic import sha256_file
 from stages.model_import import ModelImportError
 
@@ -151,13 +152,10 @@ def import_model(
         parameters=converted.parameters,
         weights_sha256=converted.weights_sha256,
         chat_template=converted.chat_template,
+        imported_at=utcnow(),
     )
     with session_scope(engine) as session:
-        existing = session.get(ImportedModel, name)
-        if existing is not None:
-            session.delete(existing)
-            session.flush()
-        session.add(row)
+        session.merge(row)  # a name imported before is replaced
     return row
 
 
