@@ -33,7 +33,8 @@ from daemon.gatekeeper import evaluate_and_gate
 from daemon.home import Home
 from daemon.memory import remember
 from daemon.models import AdapterVersion, Cycle, GateDecision
-from daemon.policy import base_model, production_adapter
+from daemon.policy import base_model, policy_backend, production_adapter
+from daemon.rehearsal import ensure_rehearsal
 from daemon.report import record_snapshot
 from daemon.settings import Settings
 from daemon.stage_choice import choose_stage, last_marks
@@ -153,6 +154,15 @@ def _synthesize(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
         )
     else:
         ctx.say(f"  synthesis run {done} was already stored; not repeated")
+    tasks = live_tasks(ctx.engine, ctx.home, ctx.settings)
+    ensure_rehearsal(
+        ctx.engine,
+        ctx.home,
+        ctx.settings,
+        lambda: policy_backend(ctx.home, ctx.settings),
+        heldout_keys(tasks.values()),
+        ctx.say,
+    )
     fault_point("synthesize")
     return StepOutcome(synth_run_id=done)
 

@@ -2,17 +2,18 @@
 
 It imports the model (`daemon/model_store.py`: a named source such as
 `smollm2-135m-instruct`, a GGUF file or a model folder), asks the base the shipped general
-questions and keeps those it answers right as the RETENTION task (`evals/retention.py`):
-half of them held out and gated like any task, half left to synthesis, where the model's
-own verified answers become rehearsal data. Then two tasks arrive one after another, each
-declared in the home's `tutord.toml` only (`[tasks.sum2]`, later `[tasks.diff2]`:
-two-digit sums and differences answered with the number alone, graded `exact`), with
-traffic like real traffic before every cycle: mostly bare answers in the base's own wordy
-style, some rated, a few corrected. Each cycle synthesizes (the model judges its own
-candidates with the compact rubric), lets the curriculum choose the stage, trains, gates
-(task and retention) and promotes or rejects. With `rehearsal=False` the retention task
-is gated but gives no training prompts and replay is off: the forgetting run. It prints
-a table per cycle and writes the drift report. Nothing here names a stage or a decision.
+questions and keeps those it answers right as the RETENTION task (`evals/retention.py`),
+all held out and gated like any task. Rehearsal data comes from elsewhere: the base's own
+answers to tutord's shipped general prompts (`[replay] rehearsal_prompts = "shipped"`,
+`daemon/rehearsal.py`), replayed beside each SFT stage's fresh rows. Then two tasks arrive
+one after another, each declared in the home's `tutord.toml` only (`[tasks.sum2]`, later
+`[tasks.diff2]`: two-digit sums and differences answered with the number alone, graded
+`exact`), with traffic like real traffic before every cycle: mostly bare answers in the
+base's own wordy style, some rated, a few corrected. Each cycle synthesizes (the model
+judges its own candidates with the compact rubric), lets the curriculum choose the stage,
+trains, gates (task and retention) and promotes or rejects. With `rehearsal=False` replay
+and rehearsal are off: the forgetting run. It prints a table per cycle and writes the
+drift report. Nothing here names a stage or a decision.
 """
 
 from __future__ import annotations
@@ -42,26 +43,30 @@ TASKS: dict[str, tuple[str, Callable[[int, int], int]]] = {
     "sum2": ("What is {a} + {b}?", operator.add),
     "diff2": ("What is {a} - {b}?", operator.sub),
 }
-PLAN: tuple[str | None, ...] = ("sum2", None, "diff2", None)
+PLAN: tuple[str | None, ...] = ("sum2", "diff2")
 """Per cycle: the task declared before it (None: none new); traffic keeps arriving."""
 PROMPTS_PER_TASK = 800
-TRAFFIC = {"first": 1200, "later": 300}
+TRAFFIC = {"first": 3000, "later": 300}
 """Logs of a task in the cycle it arrives, and before each later cycle."""
 MIX = {"bare": 0.7, "rated": 0.2, "corrected": 0.1}
 
 SETTINGS: dict[str, Any] = {
     "model": {"threads": 2},
     "judge": {"max_new_tokens": 24, "pointwise_template": COMPACT_POINTWISE_TEMPLATE},
-    # Many prompts, two candidates each: the retention task's training half gets enough
-    # prompts for its verified answers to be a real share of the data (self-rehearsal).
-    "synth": {"prompts": 48, "n": 2, "max_new_tokens": 12, "temperature": 0.8},
-    "replay": {"ratio": 0.5},
-    "gate": {"max_items": 150},
+    "synth": {
+        "prompts": 48,
+        "n": 2,
+        "max_new_tokens": 12,
+        "temperature": 0.8,
+        "recent_interactions": 6000,
+    },
+    "replay": {"ratio": 0.5, "rehearsal_prompts": "shipped", "rehearsal_max_new_tokens": 48},
+    "gate": {"max_items": 200},
     "train": {
         "threads": 2,
         "sft": {
-            "max_steps": 40,
-            "learning_rate": 0.001,
+            "max_steps": 80,
+            "learning_rate": 0.002,
             "per_device_batch_size": 16,
             "max_seconds": 1200,
         },
@@ -75,7 +80,7 @@ SETTINGS: dict[str, Any] = {
         },
     },
 }
-RETENTION = {"grader": "contains", "heldout_percent": 50, "max_new_tokens": MAX_NEW_TOKENS}
+RETENTION = {"grader": "contains", "heldout_percent": 100, "max_new_tokens": MAX_NEW_TOKENS}
 
 
 def task_rows(name: str, seed: int = 0) -> list[dict[str, str]]:
@@ -130,13 +135,8 @@ def write_config(home: Home, model: str, tasks: list[str], rehearsal: bool) -> N
     config["model"]["base"] = model
     if not rehearsal:
         config["replay"]["ratio"] = 0.0
-    declared: dict[str, Any] = {
-        "retention": {
-            **RETENTION,
-            "prompts": "retention.jsonl",
-            "heldout_percent": RETENTION["heldout_percent"] if rehearsal else 100,
-        }
-    }
+        config["replay"]["rehearsal_prompts"] = ""
+    declared: dict[str, Any] = {"retention": {**RETENTION, "prompts": "retention.jsonl"}}
     for name in tasks:
         declared[name] = {
             "grader": "exact",

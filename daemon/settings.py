@@ -82,6 +82,19 @@ class ReplaySettings(BaseModel):
             "it has)."
         ),
     )
+    rehearsal_prompts: str = Field(
+        "",
+        description=(
+            "General prompts the base model (no adapter) answers once, greedily; its finished "
+            "answers join the replay buffer as SFT rows of task 'rehearsal' (self-synthesized "
+            "rehearsal), so that every SFT stage replays what the model said before tutord "
+            'touched it. A JSONL file of {"prompt": ...} lines (relative to the home), '
+            "'shipped' for tutord's own 220 prompts, or empty: off."
+        ),
+    )
+    rehearsal_max_new_tokens: int = Field(
+        48, gt=0, le=512, description="Longest rehearsal answer; unfinished ones are dropped."
+    )
 
 
 class AdapterSettings(BaseModel):

@@ -3,8 +3,8 @@
 It gathers prompts (recent interactions with their references, the live tasks' prompt
 pools, and optionally Self-Instruct prompts written by the policy), leaving out every
 task's held-out items, runs `judges.synth.synthesize` with the production policy, turns user
-feedback into data with `judges.feedback` (feedback the task's grader contradicts is
-counted, not trained on), teaches the self-judge from answers of known quality
+feedback into data with `judges.feedback` (feedback the task contradicts, by its grader or
+its answer format, is counted, not trained on), teaches the self-judge from answers of known quality
 (`judges.judge_training`), and stores samples, judgments,
 SFT examples and preference pairs with their provenance (run, adapter, scorers, raw
 verdicts) in one transaction. The scoring itself is in `judges/`.
@@ -84,7 +84,7 @@ class SynthSummary:
     judge_sft_new: int = 0
     """New judge-training examples (rubric prompt -> verdict) from verified answers."""
     contradictions: int = 0
-    """Feedback the task's grader contradicts: counted, not trained on."""
+    """Feedback the task contradicts (grader or answer format): counted, not trained on."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,6 +109,19 @@ def verifier_for(
 
     def pick(task: str | None) -> Callable[..., list[float | None]] | None:
         spec = grader_spec(settings, tasks, task)
+        return None if spec is None else resolve_grader(spec)
+
+    return pick
+
+
+def format_for(
+    tasks: dict[str, Task],
+) -> Callable[[str | None], Callable[..., list[float | None]] | None]:
+    """The answer-format grader of a task label (`Task.answer_format`), resolved; None for a
+    label whose task declares no format."""
+
+    def pick(task: str | None) -> Callable[..., list[float | None]] | None:
+        spec = tasks[task].answer_format if task in tasks else None
         return None if spec is None else resolve_grader(spec)
 
     return pick
@@ -446,6 +459,7 @@ def run_synth(
                 and prompt_key(r.messages[:-1]) not in heldout
             ],
             grade,
+            format_for(tasks),
         )
         feedback = feedback_data(checked.consistent)
         judge_sft: list[SFTItem] = []

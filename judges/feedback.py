@@ -1,8 +1,10 @@
 """User feedback as training data: SFT examples, preference pairs and known answers.
 
-`check_feedback` first sorts feedback by whether the task's grader contradicts it (a
-correction the grader scores wrong, a thumbs up on a wrong answer, a thumbs down on a right
-one): contradicted feedback is not trained on, only counted. `feedback_data` turns the rest
+`check_feedback` first sorts feedback by whether the task contradicts it (a correction the
+grader scores wrong, a thumbs up on a wrong answer, a thumbs down on a right one, and, for a
+task that declares an `answer_format`, a correction or a liked answer that does not have
+that format, which is checked even when the prompt has no reference): contradicted feedback
+is not trained on, only counted. `feedback_data` turns the rest
 into SFT examples and pairs; the known answers it fixes teach the judge
 (`judges/judge_training.py`). Nothing is stored here (see `daemon/synth_run.py`).
 """
@@ -18,6 +20,13 @@ from judges.verifiers import Verifier
 
 Grade = Callable[[str | None], Verifier | None]
 """The grader of a task label (None: the task has none)."""
+
+FormatOf = Callable[[str | None], Verifier | None]
+"""The answer-format grader of a task label (None: the task declares no format)."""
+
+
+def _no_format(task: str | None) -> Verifier | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -110,9 +119,12 @@ class FeedbackCheck:
     """Answers whose quality the feedback fixed (and the grader did not contradict)."""
 
 
-def check_feedback(items: Sequence[FeedbackItem], grade: Grade) -> FeedbackCheck:
-    """Split feedback items into those the task's grader does
-    not contradict and those it does; collect the known answers of the first kind."""
+def check_feedback(
+    items: Sequence[FeedbackItem], grade: Grade, format_of: FormatOf = _no_format
+) -> FeedbackCheck:
+    """Split feedback items into those the task does not contradict and those it does (its
+    grader, where the item has a reference; its answer format, where it declares one);
+    collect the known answers of the first kind."""
     consistent: list[FeedbackItem] = []
     contradictions: list[FeedbackItem] = []
     known: list[KnownAnswer] = []
@@ -128,10 +140,17 @@ def check_feedback(items: Sequence[FeedbackItem], grade: Grade) -> FeedbackCheck
 
         answer_score = score(item.answer)
         correction_score = score(item.correction) if item.correction else None
+        fmt = format_of(item.task)
+
+        def unformatted(text: str, item: FeedbackItem = item, fmt: Verifier | None = fmt) -> bool:
+            return fmt is not None and (fmt([item.prompt], [text])[0] or 0.0) < 1.0
+
         contradicted = (
             (item.correction and correction_score is not None and correction_score < 1.0)
             or (item.rating == 1 and answer_score is not None and answer_score < 1.0)
             or (item.rating == -1 and answer_score is not None and answer_score >= 1.0)
+            or (bool(item.correction) and unformatted(item.correction or ""))
+            or (item.rating == 1 and not item.correction and unformatted(item.answer))
         )
         if contradicted:
             contradictions.append(item)

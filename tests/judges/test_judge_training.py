@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from judges.feedback import FeedbackItem, check_feedback, feedback_data
+from judges.graders import resolve_grader
 from judges.judge_training import KnownAnswer, judge_examples, verdict
 from judges.llm_judge import COMPACT_POINTWISE_TEMPLATE
 from world.verify import verify_integer
@@ -62,6 +63,27 @@ def test_contradicted_feedback_is_counted_not_trained_on() -> None:
         ("7", True, "rating"),
         ("x", True, "rating"),
     ]
+
+
+def test_feedback_without_the_task_format_is_a_contradiction() -> None:
+    """A liked wordy answer or a wordy correction of a task answered with the number alone is
+    not trained on, even where the prompt has no reference for the grader to check."""
+    number = resolve_grader("regex:\\s*-?[0-9]+\\s*")
+
+    def format_of(task: str | None):
+        return number if task == "add" else None
+
+    items = [
+        FeedbackItem(Q, "The answer is 7.", 1, None, "add", 1),  # liked, wordy, no reference
+        FeedbackItem(Q, "8", -1, "It is 7.", "add", 2),  # wordy correction
+        FeedbackItem(Q, "7", 1, None, "add", 3),  # liked, in format
+        FeedbackItem(Q, "The answer is 8.", -1, None, "add", 4),  # disliked wordy: kept
+        FeedbackItem(OPEN, "Sure, x.", 1, None, "chat", 5),  # no format declared
+    ]
+    checked = check_feedback(items, grade, format_of)
+    assert [i.interaction_id for i in checked.contradictions] == [1, 2]
+    assert [i.interaction_id for i in checked.consistent] == [3, 4, 5]
+    assert [i.interaction_id for i in check_feedback(items, grade).contradictions] == []
 
 
 def test_a_known_reference_makes_a_reference_guided_verdict() -> None:
