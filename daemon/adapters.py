@@ -16,6 +16,7 @@ from typing import Literal
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
+from daemon.lease import check_fence
 from daemon.models import AdapterVersion, ProductionMove, ProductionPointer
 from replay.db import session_scope
 from replay.models import utcnow
@@ -125,6 +126,7 @@ def move_production(
                     "explicitly if you mean it"
                 )
             registry.verify(registry.adapter_path(adapters_dir, to_version))
+        check_fence(session)
         current = production(session)
         if expect_from != "any" and current != expect_from:
             raise AdapterStateError(

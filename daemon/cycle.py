@@ -131,6 +131,7 @@ def _update(engine: Engine, cycle_id: int, **values: Any) -> Cycle:
     if unknown:
         raise KeyError(f"cycles has no column {', '.join(unknown)}")
     with session_scope(engine) as s:
+        lease.check_fence(s)
         cycle = s.get(Cycle, cycle_id)
         assert cycle is not None
         for key, value in values.items():

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -169,6 +170,21 @@ class Lease(Base):
     acquired_by: Mapped[str] = mapped_column(String(200))
     acquired_until: Mapped[datetime] = mapped_column(UTCDateTime)
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    token: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    """Fencing token: grows at every takeover of the lease (`daemon/service/leader.py`)."""
+
+
+class ServiceJob(Base):
+    """The last run of one of `tutord run`'s jobs (`daemon/service/jobs.py`)."""
+
+    __tablename__ = "service_jobs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_started: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_finished: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    runs: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class ImportedModel(Base):

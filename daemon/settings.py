@@ -268,6 +268,74 @@ class GateSettings(BaseModel):
     extra_tasks: list[str] = Field(default_factory=list, description="Task names from them.")
 
 
+class ServiceSettings(BaseModel):
+    """`tutord run`: the long-running service's jobs, leadership and HTTP API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spool_dir: str = Field(
+        "spool",
+        description=(
+            "Folder watched for log files to ingest (relative to the home); each file is "
+            "moved to done/ or failed/ (with its errors) beside it. Write a file under a "
+            "name starting with '.' and rename it when complete."
+        ),
+    )
+    spool_interval_s: float = Field(5.0, gt=0, description="Seconds between spool scans.")
+    cycle_cron: str = Field(
+        "",
+        description="Crontab expression (5 fields, local time) for cycles, e.g. '0 3 * * *'.",
+    )
+    cycle_min_fresh: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Run a cycle as soon as this many interactions arrived since the last cycle "
+            "started (0: only on cycle_cron)."
+        ),
+    )
+    cycle_check_interval_s: float = Field(
+        60.0, gt=0, description="Seconds between checks of cycle_min_fresh."
+    )
+    snapshot_interval_s: float = Field(
+        0.0, ge=0, description="Seconds between drift report rebuilds (0: off)."
+    )
+    retention_interval_s: float = Field(
+        86400.0,
+        ge=0,
+        description="Seconds between adapter retention runs (adapters.keep_last; 0: off).",
+    )
+    upkeep_interval_s: float = Field(
+        86400.0, ge=0, description="Seconds between database upkeep runs (0: off)."
+    )
+    lease_ttl_s: float = Field(
+        60.0,
+        ge=3,
+        description=(
+            "Leadership lease on a shared database: renewed every third of this; a "
+            "follower takes over within it when the leader dies."
+        ),
+    )
+    stop_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "After SIGTERM, how long a running stage gets to stop before its process group "
+            "is killed (keep it below the unit's TimeoutStopSec)."
+        ),
+    )
+    log_format: Literal["text", "json"] = Field("text", description="Log lines on stderr.")
+    http_enabled: bool = Field(False, description="Serve the HTTP API (needs a token).")
+    http_host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
+    http_port: int = Field(8377, ge=0, le=65535, description="Port of the HTTP API.")
+    api_token: str = Field(
+        "", description="Bearer token every route but /healthz requires (or api_token_file)."
+    )
+    api_token_file: str = Field(
+        "", description="A file holding the bearer token (relative to the home)."
+    )
+
+
 class Settings(BaseSettings):
     """Everything configurable about one tutord installation."""
 
@@ -293,6 +361,7 @@ class Settings(BaseSettings):
     curriculum: CurriculumSettings = CurriculumSettings()
     train: TrainSettings = TrainSettings()
     gate: GateSettings = GateSettings()
+    service: ServiceSettings = ServiceSettings()
     task_packs: list[Literal["arith"]] | None = Field(
         None,
         description=(

@@ -9,11 +9,16 @@ stage runs in the child processes, and only `stages.stage_io` (torch-free) is us
 On CPUs several processes run through torchrun (gloo); `accelerate launch --cpu
 --num_processes 2` started only one process on these machines (ENVIRONMENT.md), so
 `accelerate` is meant for GPUs, with an accelerate config file (DDP, FSDP, DeepSpeed).
+`stop_running(grace_s)` (the service on SIGTERM) asks every stage this process runs to
+checkpoint and stop (SIGTERM to its process group; `stages.monitor` saves a checkpoint after
+the step in progress) and kills what is left after `grace_s`; `run_stage` then raises
+`LaunchInterrupted`, and a later run on the same output folder resumes from the checkpoint.
 It does not schedule, retry or queue runs (the daemon does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +26,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -40,6 +47,33 @@ class LaunchError(RuntimeError):
 
 class LaunchTimeout(LaunchError):
     """The stage ran past its timeout and was killed."""
+
+
+class LaunchInterrupted(LaunchError):
+    """The stage was asked to stop (`stop_running`) and stopped without a result."""
+
+
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+_RUNNING_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def stop_running(grace_s: float) -> None:
+    """SIGTERM every running stage's process group (it checkpoints and stops after its step),
+    then SIGKILL the groups still alive after `grace_s` seconds. Later stages refuse to start."""
+    _STOPPING.set()
+    with _RUNNING_LOCK:
+        procs = list(_RUNNING)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -197,6 +231,8 @@ def run_stage(
     processes ended without a result.json (the message carries the log's tail).
     """
     launch = launch or LaunchConfig()
+    if _STOPPING.is_set():
+        raise LaunchInterrupted(f"{stage} not started: the service is stopping")
     command = build_command(stage, config_file, launch)
     output_dir = output_dir_of(config_file)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +247,8 @@ def run_stage(
             cwd=str(cwd) if cwd else None,
             start_new_session=True,  # its own process group: a timeout kills every rank
         )
+        with _RUNNING_LOCK:
+            _RUNNING.add(proc)
         try:
             code = proc.wait(timeout=launch.timeout_s)
         except subprocess.TimeoutExpired:
@@ -221,7 +259,15 @@ def run_stage(
         except BaseException:
             _kill_group(proc)
             raise
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(proc)
     result = read_result(output_dir)
+    if result is None and _STOPPING.is_set():
+        raise LaunchInterrupted(
+            f"{stage} stopped (exit code {code}) because the service is stopping; the next "
+            f"run resumes from its last checkpoint; log: {log_path}"
+        )
     if result is None:
         raise LaunchError(
             f"{stage} exited with code {code} and wrote no result; {log_path} ends with:\n"

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,9 @@ class StageMonitor(TrainerCallback):
       `failure` says why.
     - `max_seconds` after `started` (a `time.monotonic()` value): training stops after the
       step in progress; `stopped_early` is "time budget". Ranks agree (an all-reduce).
+    - SIGTERM (`tutord run` stopping, after `catch_sigterm()`): after the step in
+      progress a checkpoint is saved and training stops; `interrupted` is True and the stage
+      exits without a result, so the next run resumes from that checkpoint.
     - RL: `groups_per_step` (prompts per optimizer step) turns TRL's logged
       `frac_reward_zero_std` into a count of prompts whose completions all scored the same.
     Every log line is appended to `log_path` (JSONL) on rank 0.
@@ -68,6 +73,20 @@ class StageMonitor(TrainerCallback):
         self.zero_variance = 0.0
         self.prompts = 0
         self._last_logged_step: int | None = None
+        self.stop_requested = False
+        self.interrupted = False
+
+    def catch_sigterm(self) -> None:
+        """From now on SIGTERM asks for a checkpoint and a stop instead of killing (in the
+        main thread only, where Python allows signal handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def request(signum: int, frame: Any) -> None:
+            log.warning("SIGTERM: checkpointing after this step, then stopping")
+            self.stop_requested = True
+
+        signal.signal(signal.SIGTERM, request)
 
     @property
     def tokens_seen(self) -> int:
@@ -91,6 +110,11 @@ class StageMonitor(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
+        if self.stop_requested and self.failure is None:
+            self.interrupted = True
+            control.should_save = True
+            control.should_training_stop = True
+            return
         if self.max_seconds is None:
             return
         over = time.monotonic() - self.started >= self.max_seconds

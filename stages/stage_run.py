@@ -52,6 +52,8 @@ ADAPTER_DIR = "adapter"
 LOG_FILE = "logs.jsonl"
 CONFIG_COPY = "stage_config.json"  # not config.json: callers may keep theirs there
 REQUIRED = ("base_model", "train_file", "output_dir")
+INTERRUPTED_EXIT = 143
+"""Exit status of a stage stopped by SIGTERM after saving a checkpoint (no result.json)."""
 
 Session = TypeVar("Session")
 
@@ -178,13 +180,15 @@ def begin(config: Any, stage: str) -> float:
 
 
 def make_monitor(config: Any, started: float, groups_per_step: int | None = None) -> StageMonitor:
-    return StageMonitor(
+    monitor = StageMonitor(
         started=started,
         max_seconds=config.max_seconds,
         explosion_factor=config.loss_explosion_factor,
         log_path=Path(config.output_dir) / LOG_FILE,
         groups_per_step=groups_per_step,
     )
+    monitor.catch_sigterm()
+    return monitor
 
 
 def find_resume(config: Any) -> Path | None:
@@ -305,6 +309,9 @@ def execute(
         error = f"{type(exc).__name__}: {exc}"
     train_seconds = time.monotonic() - t0
     train_cpu_seconds = time.process_time() - cpu0
+    if monitor.interrupted and error is None:
+        log.warning("stopped by SIGTERM at step %d; checkpoint saved", trainer.state.global_step)
+        raise SystemExit(INTERRUPTED_EXIT)
     failure = monitor.failure or error
     main = trainer.is_world_process_zero()
     adapter_version: int | None = None

@@ -1,8 +1,8 @@
 """tutord's command line (`tutord ...`), built with typer.
 
 Commands here: `init`, `ingest`, `status`, `db upgrade`, `db current`; the others are
-registered from `daemon.cli.world_commands`, `.synth_command`, `.cycle_commands` and
-`.adapter_commands`. Each command
+registered from `daemon.cli.world_commands`, `.synth_command`, `.cycle_commands`,
+`.adapter_commands` and `.service_commands` (`tutord run`). Each command
 resolves the home folder, loads settings and calls into the packages that do the work;
 these modules only parse arguments and render results.
 
@@ -30,6 +30,7 @@ from daemon import adapters, migrate
 from daemon.cli.adapter_commands import adapters_app, rollback
 from daemon.cli.cycle_commands import cycle, demo, report
 from daemon.cli.model_commands import model_app
+from daemon.cli.service_commands import run
 from daemon.cli.synth_command import synth
 from daemon.cli.util import EXIT_REJECTED, Context, err, fail, guard, out, ready
 from daemon.cli.world_commands import world_app
@@ -280,3 +281,4 @@ app.command()(cycle)
 app.command()(report)
 app.command()(demo)
 app.command()(rollback)
+app.command()(run)
