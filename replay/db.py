@@ -7,6 +7,7 @@ busy timeout) and a session factory. It does not create tables: that is Alembic'
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for `url`; SQLite connections get WAL, foreign keys and a busy timeout."""
+    """An engine for `url`; SQLite connections get WAL, foreign keys and a busy timeout;
+    PostgreSQL ones are named `tutord-<pid>` (application_name)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, **kwargs)
@@ -33,6 +35,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.close()
 
         return engine
+    if parsed.get_backend_name() == "postgresql":
+        # Names each process's sessions in pg_stat_activity (operators, and tests that cut
+        # one process's connections).
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        connect_args.setdefault("application_name", f"tutord-{os.getpid()}")
+        kwargs["connect_args"] = connect_args
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 

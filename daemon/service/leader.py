@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Protocol
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from daemon import lease
@@ -127,6 +127,7 @@ class LeaseLeadership:
 
     def _acquire(self) -> bool:
         with self.engine.begin() as conn:
+            self._bound_waits(conn)
             now = lease.db_now(conn)
             row = conn.execute(
                 select(Lease.acquired_by, Lease.acquired_until, Lease.token)
@@ -176,11 +177,18 @@ class LeaseLeadership:
             self._won(token)
             return True
 
+    def _bound_waits(self, conn: Connection) -> None:
+        """A stalled holder (SIGSTOP in a transaction) must not hang us: lock waits end."""
+        if conn.dialect.name == "postgresql":
+            ms = max(100, int(self.ttl.total_seconds() * 1000 / 3))
+            conn.execute(text(f"SET LOCAL lock_timeout = {ms}"))
+
     def renew(self) -> bool:
         if self.token is None:
             return False
         try:
             with self.engine.begin() as conn:
+                self._bound_waits(conn)
                 now = lease.db_now(conn)
                 done = conn.execute(
                     update(Lease)
