@@ -206,6 +206,11 @@ class SFTStageConfig:
     logging_steps: Count = 1
     """Log (and guard) the loss every this many steps."""
 
+    length_grouped: bool = False
+    """Batch chats of similar length together (transformers' `group_by_length` sampler):
+    less padding, so faster on CPUs when lengths vary (long rehearsal answers beside short
+    task answers); batches are less mixed."""
+
     def __post_init__(self) -> None:
         check_bounds(self)
 

@@ -87,6 +87,7 @@ def setup(config: SFTStageConfig) -> SFTSession:
         assistant_only_loss=loss_mode == "assistant_only",
         completion_only_loss=True if loss_mode == "completion_only" else None,
         packing=False,
+        train_sampling_strategy="group_by_length" if config.length_grouped else "random",
     )
     run = stage_run.build_run(STAGE, config, inputs, SFTTrainer, args, dataset)
     return SFTSession(run=run, loss_mode=loss_mode)
