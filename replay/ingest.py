@@ -7,6 +7,9 @@ into a quarantine file. A bad line never costs a good one. Ingesting the same fi
 twice adds nothing: a record's identity is its id within its source, else the hash of
 its canonical content.
 
+`ingest_records` stores an in-memory batch (the HTTP API's) the same way, reporting each
+rejected item by its index instead of quarantining it.
+
 It does not decide where files come from (CLI, spool folder, HTTP: see `daemon/`).
 """
 
@@ -20,20 +23,21 @@ import gzip
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import Connection, Engine, Table, select
 from sqlalchemy.exc import DBAPIError
 
 from replay.models import Interaction, PreferencePair
 from replay.records import NormalizedRecord, RecordError, parse_record
 
 MAX_REPORTED_ERRORS = 20
+_ID_CHUNK = 500
 _PREVIEW_BYTES = 2_000
 _TABLES: dict[str, Table] = {
     "interactions": Interaction.__table__,  # type: ignore[dict-item]
@@ -428,3 +432,88 @@ def _reject(
     if len(report.errors) < MAX_REPORTED_ERRORS:
         report.errors.append(LineError(str(path), number, message))
     quarantine.add(path, number, message, raw)
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """One rejected item of an in-memory batch: its index, the field (when known), why."""
+
+    index: int
+    field: str | None
+    message: str
+
+
+@dataclass
+class BatchResult:
+    """What `ingest_records` did: the report, each rejected item, and per item the identity
+    (table, record key) it was stored or found under (None: rejected)."""
+
+    report: IngestReport
+    errors: list[ItemError]
+    keys: list[tuple[str, str] | None]
+
+
+def ingest_records(
+    engine: Engine,
+    records: Sequence[Any],
+    *,
+    source: str,
+    max_record_bytes: int = 1_048_576,
+    batch_size: int = 5_000,
+) -> BatchResult:
+    """Validate and store an in-memory batch exactly as `ingest_files` stores a file's lines.
+
+    Each item is the bytes of one JSON line or a decoded JSON value (serialized again and
+    read as a line). Nothing is quarantined: every rejection comes back with its index.
+    """
+    report = IngestReport(read=len(records))
+    result = BatchResult(report, [], [None] * len(records))
+    writer = _Writer(engine, source, report, batch_size)
+    writer.reject = lambda index, message, raw: _reject_item(result, index, None, message)
+    received_at = datetime.now(UTC)
+    for index, item in enumerate(records):
+        try:
+            raw = _item_bytes(item, max_record_bytes)
+            record = parse_line(raw)
+        except RecordError as exc:
+            _reject_item(result, index, exc.field, exc.args[0])
+            continue
+        result.keys[index] = (record.table, record.record_key(source))
+        writer.add(record, received_at, index, raw)
+    writer.flush()
+    return result
+
+
+def _item_bytes(item: Any, max_bytes: int) -> bytes:
+    if isinstance(item, bytes):
+        raw = item
+    else:
+        try:
+            raw = orjson.dumps(item)
+        except orjson.JSONEncodeError as exc:
+            raise RecordError(f"cannot be serialized as JSON: {exc}") from None
+    if len(raw) > max_bytes:
+        raise RecordError(f"record is longer than {max_bytes} bytes")
+    return raw
+
+
+def _reject_item(result: BatchResult, index: int, field: str | None, message: str) -> None:
+    result.errors.append(ItemError(index, field, message))
+    result.keys[index] = None
+    result.report.rejected += 1
+    if len(result.report.errors) < MAX_REPORTED_ERRORS:
+        text = f"{field}: {message}" if field else message
+        result.report.errors.append(LineError("(batch)", index, text))
+
+
+def stored_ids(engine: Engine, keys: Sequence[tuple[str, str] | None]) -> list[int | None]:
+    """The row id stored under each (table, record key); None for None or a key not found."""
+    found: dict[tuple[str, str], int] = {}
+    with engine.connect() as conn:
+        for name, table in _TABLES.items():
+            wanted = sorted({key for t, key in filter(None, keys) if t == name})
+            for start in range(0, len(wanted), _ID_CHUNK):
+                chunk = wanted[start : start + _ID_CHUNK]
+                query = select(table.c.id, table.c.record_key).where(table.c.record_key.in_(chunk))
+                found.update(((name, key), int(row_id)) for row_id, key in conn.execute(query))
+    return [None if key is None else found.get(key) for key in keys]

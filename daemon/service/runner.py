@@ -85,6 +85,7 @@ class Service:
         self.started_at = time.time()
         self.scheduler: BackgroundScheduler | None = None
         self.http: Any = None
+        self.api_state: Any = None
         self._stops = 0
 
     # ------------------------------------------------------------------ jobs
@@ -186,9 +187,16 @@ class Service:
                 if leads != was:
                     self.notifier.status(self.status_line())
                     log.warning("leadership changed: %s", self.status_line())
+                self._publish_state()
             if self.reload_event.is_set():
                 self.reload_event.clear()
                 self._reload()
+
+    def _publish_state(self) -> None:
+        """What the HTTP API reports about this process (leader or follower)."""
+        if self.api_state is not None:
+            self.api_state.leader = self.leadership.is_leader
+            self.api_state.holder = self.holder
 
     def _reload(self) -> None:
         try:
@@ -235,6 +243,7 @@ class Service:
 
         state = ServiceState(started_at=self.started_at)
         self.api_state = state
+        self._publish_state()
         app = make_app(self.engine, self.home, self.settings, state=state)
         config = uvicorn.Config(app, host=svc.http_host, port=svc.http_port, log_level="warning")
         server = uvicorn.Server(config)

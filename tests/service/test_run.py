@@ -140,3 +140,45 @@ def test_once_runs_the_due_jobs_and_records_them(home: Path) -> None:
     again = json.loads(run_tutord(home, "run", "--once").stdout)
     # The spool is due again at once (0.5 s); retention and upkeep wait a day.
     assert "retention" not in again and "upkeep" not in again
+
+
+@pytest.mark.slow
+def test_run_serves_the_api_and_reports_itself_as_leader(home: Path) -> None:
+    import httpx
+
+    from tests.server_support import free_port
+
+    port = free_port()
+    with (home / "tutord.toml").open("a") as fh:
+        fh.write(f'http_enabled = true\nhttp_port = {port}\napi_token = "s3cret"\n')
+    proc = start(home)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: _answers(f"{url}/healthz"), 60)
+        assert httpx.get(f"{url}/v1/status").status_code == 401
+        status = httpx.get(f"{url}/v1/status", headers={"Authorization": "Bearer s3cret"})
+        assert status.status_code == 200
+        assert status.json()["service"]["leader"] is True
+        sent = httpx.post(
+            f"{url}/v1/interactions",
+            headers={"Authorization": "Bearer s3cret"},
+            json={
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"},
+                ]
+            },
+        )
+        assert sent.status_code == 200 and sent.json()["ingested"] == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
