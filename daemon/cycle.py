@@ -46,6 +46,7 @@ from replay.db import session_scope
 from replay.models import ReplayItem, SynthRun, utcnow
 from stages import registry
 from stages.configs import STAGE_CONFIGS, StageConfig
+from stages.generate.api import AdapterRef, SamplingParams
 from stages.launch import LaunchConfig, run_stage
 from stages.policy import parent_lora_problem
 from stages.stage_io import write_config
@@ -339,6 +340,9 @@ def _decide(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
         fault_point("decide")
         return StepOutcome(outcome="rejected", outcome_reason=gate.reason)
     if current != cycle.candidate_version:
+        # The server loads and answers with the adapter before production (and the
+        # proxy's alias) moves to it, so no request is sent to a name it does not know.
+        _serve(ctx, cycle.candidate_version)
         adapters.move_production(
             ctx.engine,
             cycle.candidate_version,
@@ -348,7 +352,8 @@ def _decide(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
             adapters_dir=ctx.home.adapters,
             expect_from=cycle.parent_version,
         )
-    _serve(ctx, cycle.candidate_version)
+    else:  # resumed after the move: make sure the server has it
+        _serve(ctx, cycle.candidate_version)
     _join_replay(ctx, cycle)
     ctx.say(f"  {name} promoted to production")
     fault_point("decide")
@@ -356,7 +361,8 @@ def _decide(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
 
 
 def _serve(ctx: _Ctx, version: int) -> None:
-    """Load a newly promoted adapter into the configured OpenAI-compatible server."""
+    """Load an adapter about to be promoted into the configured OpenAI-compatible server and
+    check that it answers with it."""
     if ctx.settings.model.backend != "openai" or not ctx.settings.model.server_url:
         return
     from stages.generate.openai_http import OpenAIBackend
@@ -364,9 +370,15 @@ def _serve(ctx: _Ctx, version: int) -> None:
     client = OpenAIBackend(
         base_model(ctx.home, ctx.settings), base_url=ctx.settings.model.server_url
     )
+    name = registry.version_name(version)
+    path = registry.adapter_path(ctx.home.adapters, version)
     try:
-        client.load_adapter(
-            registry.version_name(version), registry.adapter_path(ctx.home.adapters, version)
+        client.load_adapter(name, path)
+        # It must answer under that name before production (and the proxy) moves to it.
+        client.generate(
+            [[{"role": "user", "content": "ping"}]],
+            SamplingParams(max_new_tokens=1),
+            adapter=AdapterRef(name, path),
         )
     finally:
         client.close()

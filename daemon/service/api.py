@@ -13,7 +13,9 @@ Routes (JSON unless said otherwise); all but `GET /healthz` need `Authorization:
 - `POST /v1/rollback`: move production back (`daemon.adapters.rollback`, actor `api`);
 - `GET /v1/reports/latest`: the drift report (`?format=html` for the page);
 - `GET /metrics`: Prometheus text (`daemon/service/metrics.py`);
-- `GET /`: a small status page for people.
+- `GET /`: a small status page for people;
+- with `model.server_url` set, the logging proxy (`daemon/service/proxy.py`):
+  `POST /v1/chat/completions` and `GET /v1/models`.
 
 The two pages a browser opens (`/` and `/v1/reports/latest`) also take the token as a
 `?token=` query parameter. The interactive docs (`/docs`, `/openapi.json`) are off: they
@@ -49,6 +51,7 @@ from daemon.home import Home
 from daemon.lease import LeaseHeld
 from daemon.models import Cycle, ServiceJob
 from daemon.service.metrics import ServiceMetrics
+from daemon.service.proxy import interaction_id_for_request, make_proxy_router
 from daemon.settings import Settings
 from replay.db import session_scope
 from replay.ingest import BatchResult, ingest_records, stored_ids
@@ -77,9 +80,12 @@ class ServiceState:
 
 
 class FeedbackIn(Feedback):
-    """`POST /v1/feedback`: `rating` (-1, 0 or 1) and/or `correction`, optional `comment`."""
+    """`POST /v1/feedback`: `rating` (-1, 0 or 1) and/or `correction`, optional `comment`,
+    for the interaction `interaction_id`, or `request_id` (the `X-Tutord-Interaction-Id`
+    header the proxy answered with)."""
 
-    interaction_id: StrictInt
+    interaction_id: StrictInt | None = None
+    request_id: StrictStr | None = None
 
 
 class RollbackIn(BaseModel):
@@ -466,6 +472,13 @@ def make_app(
         body = _validated(FeedbackIn, raw)
         if body.rating is None and body.correction is None:
             raise HTTPException(422, "give a rating (-1, 0 or 1) or a correction, or both")
+        if (body.interaction_id is None) == (body.request_id is None):
+            raise HTTPException(422, "give interaction_id or request_id (one of them)")
+        if body.request_id is not None:
+            found = interaction_id_for_request(engine, body.request_id)
+            if found is None:
+                raise HTTPException(404, f"no interaction for request {body.request_id}")
+            body = body.model_copy(update={"interaction_id": found})
         return set_feedback(engine, body)
 
     @api.get("/v1/status")
@@ -508,4 +521,9 @@ def make_app(
 
     for router in (public, api, pages):
         app.include_router(router)
+    if settings.model.server_url:
+        # The logging proxy in front of the OpenAI-compatible server (vLLM), same token.
+        app.include_router(
+            make_proxy_router(engine, home, settings, dependencies=[Depends(header_only)])
+        )
     return app

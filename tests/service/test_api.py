@@ -533,3 +533,30 @@ def test_the_api_loads_no_heavy_library(tmp_path: Path) -> None:
         check=True,
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_feedback_by_the_proxys_request_id_and_the_proxy_is_behind_the_token(
+    sqlite_engine: Engine, home: Home
+) -> None:
+    from replay.ingest import ingest_records
+
+    record = {**chat("2+2?", "5"), "id": "req-abc"}
+    assert not ingest_records(sqlite_engine, [record], source="proxy").errors
+    base = home.root / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    model = {"server_url": "http://127.0.0.1:9", "base": str(base)}
+    app = make_app(sqlite_engine, home, Settings(service={"api_token": TOKEN}, model=model))
+    with TestClient(app) as client:
+        given = client.post(
+            "/v1/feedback", json={"request_id": "req-abc", "correction": "4"}, headers=AUTH
+        )
+        assert given.status_code == 200 and given.json()["correction"] == "4"
+        missing = {"request_id": "nope", "rating": 1}
+        assert client.post("/v1/feedback", json=missing, headers=AUTH).status_code == 404
+        both = {"request_id": "req-abc", "interaction_id": 1, "rating": 1}
+        assert client.post("/v1/feedback", json=both, headers=AUTH).status_code == 422
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        assert client.post("/v1/chat/completions", json=body).status_code == 401
+        refused = client.post("/v1/chat/completions", json=body, headers=AUTH)
+        assert refused.status_code == 502 and "127.0.0.1:9" in refused.text

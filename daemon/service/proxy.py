@@ -1,0 +1,556 @@
+"""The logging proxy of `tutord run`: an OpenAI-compatible front for the model server.
+
+`make_proxy_router` builds two routes, forwarded to `model.server_url` (e.g. a vLLM server):
+
+- `POST /v1/chat/completions`: the client's `model` (any value) is replaced by what production
+  is at that moment, read from the database at each request: the adapter's version name
+  (`v3`, the name tutord loads it under) or, for the bare base, the base model's served name
+  (`daemon.policy.base_model`, as `OpenAIBackend` uses it). The answer comes back as the server
+  gave it: its JSON and status, or with `"stream": true` its SSE bytes as they arrive;
+- `GET /v1/models`: the server's list, as it is.
+
+Each answered chat exchange is stored as one interaction (source `proxy`, external id a fresh
+request id, sent back in the `X-Tutord-Interaction-Id` header before the body): the request's
+messages plus the reply (choice 0's text; with `n` > 1 the other choices are not stored),
+`adapter` the version that served it (`base` for the bare base), and `meta` holding `params`
+(what the client sent besides messages, model and stream), `requested_model`,
+`upstream_model`, `stream`, `latency_ms`, `time_to_first_token_ms` (streaming), `finish_reason`,
+`usage`, `upstream_status`, `client_disconnected` and, when the stream broke, `upstream_error`.
+A client that goes away mid-stream stops the relay (and the request to the server); what had
+arrived is stored. A stream the server breaks off ends with an SSE `error` event naming the
+server, and is stored as far as it got. The row is written once, in one transaction
+(`replay.ingest.ingest_records`), in a worker thread, after the exchange ends.
+`interaction_id_for_request` finds it by request id (for `POST /v1/feedback` given a
+`request_id` instead of an interaction id).
+
+If the server answers 404 for production's adapter (it restarted and forgot runtime-loaded
+adapters, or production moved before the adapter was loaded), the proxy loads it
+(`/v1/load_lora_adapter`, as `daemon/cycle.py` does) and retries once.
+
+It does not check tokens (the app mounting it passes `dependencies`), forward the client's
+headers (its bearer token is tutord's), start the model server, or store an exchange without
+a reply: an unreachable server gives 502 naming its URL, a 5xx gives 502 with the server's
+answer, other errors pass through as they are. A conversation `replay.records` refuses (e.g.
+image content parts, no user message) is forwarded but not stored, and its answer has no
+`X-Tutord-Interaction-Id`. It imports no model library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import httpx
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.params import Depends
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
+
+from daemon import adapters
+from daemon.home import Home, HomeError
+from daemon.models import ProductionPointer
+from daemon.policy import base_model
+from daemon.settings import Settings
+from replay.ingest import ingest_records, stored_ids
+from replay.records import NormalizedRecord, RecordError, parse_record
+from stages import registry
+
+log = logging.getLogger(__name__)
+
+SOURCE = "proxy"
+"""The source name of the interactions the proxy stores."""
+HEADER = "X-Tutord-Interaction-Id"
+"""The response header carrying the request id (the stored row's external id)."""
+CONNECT_TIMEOUT_S = 5.0
+_NOT_PARAMS = frozenset({"messages", "model", "stream"})
+_PRODUCTION = select(ProductionPointer.version).where(ProductionPointer.id == 1)
+_DETAIL_CHARS = 500
+
+
+# ------------------------------------------------------------------ finding a stored exchange
+
+
+def interaction_id_for_request(engine: Engine, request_id: str) -> int | None:
+    """The id of the interaction the proxy stored for `request_id` (None: none, or not yet)."""
+    key = NormalizedRecord("interactions", request_id, "", {}, {}).record_key(SOURCE)
+    return stored_ids(engine, [("interactions", key)])[0]
+
+
+# ------------------------------------------------------------------ one exchange
+
+
+@dataclass(frozen=True)
+class Target:
+    """Whom a request goes to: `model` is the name sent upstream, `adapter` the stored label."""
+
+    model: str
+    adapter: str
+    version: int | None
+
+
+@dataclass
+class Exchange:
+    """One chat request and what came back, as far as it got."""
+
+    body: dict[str, Any]
+    target: Target
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.perf_counter)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    parts: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    first_token: float | None = None
+    ended: float | None = None
+    upstream_status: int | None = None
+    upstream_error: Any = None
+    client_disconnected: bool = False
+    storable: bool = True
+
+    def payload(self) -> bytes:
+        """The request body sent upstream: the client's, addressed to the target."""
+        return orjson.dumps({**self.body, "model": self.target.model})
+
+    def take_answer(self, answer: Any) -> None:
+        """Read a non-streaming answer's choice 0, finish reason and usage."""
+        choice = _choice_zero(answer.get("choices")) if isinstance(answer, dict) else None
+        if choice is None:
+            raise ValueError("the answer has no choice 0")
+        self.parts.append((choice.get("message") or {}).get("content") or "")
+        self.finish_reason = choice.get("finish_reason")
+        self.usage = answer.get("usage")
+
+    def take_event(self, event: Any) -> None:
+        """Read one streamed chunk: choice 0's delta text, finish reason; usage; an error."""
+        if not isinstance(event, dict):
+            return
+        if event.get("usage"):
+            self.usage = event["usage"]
+        if event.get("error"):
+            self.upstream_error = event["error"]
+        choice = _choice_zero(event.get("choices"))
+        if choice is None:
+            return
+        text = (choice.get("delta") or {}).get("content")
+        if text:
+            if self.first_token is None:
+                self.first_token = time.perf_counter()
+            self.parts.append(text)
+        if choice.get("finish_reason") is not None:
+            self.finish_reason = choice["finish_reason"]
+
+    def end(self) -> None:
+        if self.ended is None:
+            self.ended = time.perf_counter()
+
+    def meta(self) -> dict[str, Any]:
+        ended = self.ended if self.ended is not None else time.perf_counter()
+        meta = {
+            "params": {k: v for k, v in self.body.items() if k not in _NOT_PARAMS},
+            "requested_model": self.body.get("model"),
+            "upstream_model": self.target.model,
+            "stream": bool(self.body.get("stream")),
+            "latency_ms": _ms(ended - self.started),
+            "time_to_first_token_ms": None
+            if self.first_token is None
+            else _ms(self.first_token - self.started),
+            "finish_reason": self.finish_reason,
+            "usage": self.usage,
+            "upstream_status": self.upstream_status,
+            "client_disconnected": self.client_disconnected,
+        }
+        if self.upstream_error is not None:
+            meta["upstream_error"] = self.upstream_error
+        return meta
+
+    def record(self) -> dict[str, Any]:
+        """The interaction record (the shape `tutord ingest` reads) of this exchange."""
+        messages = self.body.get("messages")
+        reply = {"role": "assistant", "content": "".join(self.parts)}
+        return {
+            "id": self.request_id,
+            "timestamp": self.started_at.isoformat(),
+            "messages": [*(messages if isinstance(messages, list) else []), reply],
+            "adapter": self.target.adapter,
+            "metadata": self.meta(),
+        }
+
+
+def storable(body: dict[str, Any]) -> bool:
+    """Whether the request's messages make an interaction `replay.records` accepts once the
+    reply is added (checked before forwarding: the header promises a row)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return False
+    try:
+        parse_record({"messages": [*messages, {"role": "assistant", "content": ""}]})
+    except RecordError as exc:
+        log.info("proxy: a conversation that cannot be stored is forwarded unlogged: %s", exc)
+        return False
+    return True
+
+
+def _choice_zero(choices: Any) -> dict[str, Any] | None:
+    if not isinstance(choices, list):
+        return None
+    for choice in choices:
+        if isinstance(choice, dict) and choice.get("index", 0) == 0:
+            return choice
+    return None
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def store_exchange(engine: Engine, exchange: Exchange, max_record_bytes: int) -> None:
+    """Store the exchange as one interaction (one insert, one transaction); log, never raise."""
+    try:
+        result = ingest_records(
+            engine, [exchange.record()], source=SOURCE, max_record_bytes=max_record_bytes
+        )
+    except Exception:
+        log.exception("proxy: cannot store request %s", exchange.request_id)
+        return
+    for error in result.errors:
+        where = f"{error.field}: " if error.field else ""
+        log.warning("proxy: request %s not stored: %s%s", exchange.request_id, where, error.message)
+
+
+class SSEReader:
+    """Feeds the `data:` events of an SSE byte stream, split anywhere, to an exchange."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        *lines, self.pending = (self.pending + chunk).split(b"\n")
+        for line in lines:
+            self._line(line.strip())
+
+    def _line(self, line: bytes) -> None:
+        if not line.startswith(b"data:"):
+            return
+        data = line[5:].strip()
+        if not data or data == b"[DONE]":
+            return
+        with contextlib.suppress(orjson.JSONDecodeError):
+            self.exchange.take_event(orjson.loads(data))
+
+
+# ------------------------------------------------------------------ the model server
+
+
+class Upstream:
+    """The model server: its URL, a shared HTTP client, and what production is called there."""
+
+    def __init__(
+        self, engine: Engine, home: Home, settings: Settings, client: httpx.AsyncClient | None
+    ) -> None:
+        url = settings.model.server_url
+        if not url:
+            raise ValueError("the proxy needs model.server_url (an OpenAI-compatible server)")
+        self.base_url = url.rstrip("/").removesuffix("/v1")
+        self.chat_url = f"{self.base_url}/v1/chat/completions"
+        self.engine = engine
+        self.home = home
+        self.settings = settings
+        self._given = client
+        self._owned: httpx.AsyncClient | None = None
+        self._owned_loop: asyncio.AbstractEventLoop | None = None
+        self._base_name: str | None = None
+        self._last: Target | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        """The given client, else one made on first use (again if the event loop changed)."""
+        if self._given is not None:
+            return self._given
+        loop = asyncio.get_running_loop()
+        if self._owned is None or self._owned_loop is not loop:
+            self._owned = httpx.AsyncClient(
+                timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            )
+            self._owned_loop = loop
+        return self._owned
+
+    async def aclose(self) -> None:
+        if self._owned is not None:
+            await self._owned.aclose()
+            self._owned = None
+
+    def base_name(self) -> str:
+        if self._base_name is None:
+            self._base_name = base_model(self.home, self.settings)
+        return self._base_name
+
+    def target(self) -> Target:
+        """Production now (one primary-key read): its version name, or the base's name.
+        While the database cannot be read, the last production seen (if any) serves."""
+        try:
+            with self.engine.connect() as conn:  # `adapters.production` without an ORM session
+                version = conn.execute(_PRODUCTION).scalar_one()
+        except SQLAlchemyError as exc:
+            if self._last is None:
+                raise
+            log.warning("proxy: cannot read production (%s); using %s", exc, self._last.adapter)
+            return self._last
+        if version is None:
+            self._last = Target(self.base_name(), adapters.label(None), None)
+        else:
+            name = registry.version_name(version)
+            self._last = Target(name, name, version)
+        return self._last
+
+    async def send_chat(self, exchange: Exchange, *, stream: bool) -> httpx.Response:
+        """Send the chat request; on a 404 for production's adapter, load it and retry once."""
+        answer = await self._send(exchange, stream)
+        version = exchange.target.version
+        if answer.status_code != 404 or version is None:
+            return answer
+        await answer.aread()  # the refusal stays readable if the load fails
+        await answer.aclose()
+        if await self._load(version):
+            answer = await self._send(exchange, stream)
+        return answer
+
+    async def _send(self, exchange: Exchange, stream: bool) -> httpx.Response:
+        client = self.client()
+        request = client.build_request(
+            "POST",
+            self.chat_url,
+            content=exchange.payload(),
+            headers={"Content-Type": "application/json"},
+        )
+        return await client.send(request, stream=stream)
+
+    async def _load(self, version: int) -> bool:
+        """Have the server load `version` under its name (as `daemon/cycle.py` does)."""
+        name = registry.version_name(version)
+        body = {
+            "lora_name": name,
+            "lora_path": str(registry.adapter_path(self.home.adapters, version)),
+        }
+        try:
+            answer = await self.client().post(f"{self.base_url}/v1/load_lora_adapter", json=body)
+        except httpx.HTTPError as exc:
+            log.warning("proxy: cannot load %s on %s: %s", name, self.base_url, exc)
+            return False
+        if answer.status_code == 200 or "already been loaded" in answer.text:
+            log.info("proxy: loaded %s on %s", name, self.base_url)
+            return True
+        log.warning("proxy: loading %s: HTTP %s %s", name, answer.status_code, answer.text[:200])
+        return False
+
+
+# ------------------------------------------------------------------ answers
+
+
+def _error(status: int, message: str, kind: str, upstream: str) -> JSONResponse:
+    error = {"message": message, "type": kind, "code": status, "upstream": upstream}
+    return JSONResponse({"error": error}, status_code=status)
+
+
+def unreachable(url: str, exc: Exception) -> JSONResponse:
+    """502: the model server could not be reached (nothing is stored)."""
+    reason = str(exc) or type(exc).__name__
+    return _error(502, f"the model server at {url} cannot be reached: {reason}", "bad_gateway", url)
+
+
+def upstream_failed(url: str, answer: httpx.Response) -> Response:
+    """A failed answer: 5xx becomes 502 naming the server; others pass through as they are."""
+    if answer.status_code >= 500:
+        detail = answer.text[:_DETAIL_CHARS]
+        message = f"the model server at {url} answered HTTP {answer.status_code}: {detail}"
+        return _error(502, message, "bad_gateway", url)
+    return Response(
+        answer.content,
+        status_code=answer.status_code,
+        media_type=answer.headers.get("content-type"),
+    )
+
+
+class RelayResponse(StreamingResponse):
+    """Relays an upstream SSE answer chunk by chunk, reading the exchange from it on the way;
+    stops when the client goes away; stores the exchange once the relay is over."""
+
+    def __init__(
+        self, exchange: Exchange, upstream: httpx.Response, url: str, engine: Engine, limit: int
+    ) -> None:
+        self.exchange = exchange
+        self.upstream = upstream
+        self.url = url
+        self.engine = engine
+        self.limit = limit
+        self.sent_all = False
+        super().__init__(
+            self._chunks(),
+            media_type=upstream.headers.get("content-type", "text/event-stream"),
+            headers={HEADER: exchange.request_id} if exchange.storable else None,
+        )
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        reader = SSEReader(self.exchange)
+        try:
+            async for chunk in self.upstream.aiter_bytes():  # decoded, as it is relayed
+                reader.feed(chunk)
+                yield chunk
+        except httpx.HTTPError as exc:
+            reason = str(exc) or type(exc).__name__
+            self.exchange.upstream_error = reason
+            message = f"the model server at {self.url} broke off the stream: {reason}"
+            error = {"message": message, "type": "bad_gateway", "code": 502, "upstream": self.url}
+            yield b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+        self.exchange.end()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._watch, receive, group.cancel_scope)
+                try:
+                    await self.stream_response(send)
+                    self.sent_all = True
+                except OSError:  # ASGI 2.4 servers: sending to a client that went away
+                    self.exchange.client_disconnected = True
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._finish()
+
+    async def _watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        await self.listen_for_disconnect(receive)
+        if not self.sent_all:
+            self.exchange.client_disconnected = True
+            scope.cancel()
+
+    async def _finish(self) -> None:
+        await self.body_iterator.aclose()  # type: ignore[attr-defined]
+        await self.upstream.aclose()
+        self.exchange.end()
+        if self.exchange.storable:
+            await anyio.to_thread.run_sync(store_exchange, self.engine, self.exchange, self.limit)
+
+
+async def relay_json(upstream: Upstream, exchange: Exchange, limit: int) -> Response:
+    """Forward a non-streaming request; the exchange is stored after the answer is sent."""
+    try:
+        answer = await upstream.send_chat(exchange, stream=False)
+    except httpx.HTTPError as exc:
+        return unreachable(upstream.chat_url, exc)
+    exchange.end()
+    exchange.upstream_status = answer.status_code
+    if answer.status_code != 200:
+        return upstream_failed(upstream.chat_url, answer)
+    response = Response(
+        answer.content, media_type=answer.headers.get("content-type", "application/json")
+    )
+    if not exchange.storable:
+        return response
+    try:
+        exchange.take_answer(orjson.loads(answer.content))
+    except (orjson.JSONDecodeError, ValueError, AttributeError) as exc:
+        log.warning(
+            "proxy: request %s: unreadable answer, not stored: %s", exchange.request_id, exc
+        )
+        return response
+    response.headers[HEADER] = exchange.request_id
+    response.background = BackgroundTask(store_exchange, upstream.engine, exchange, limit)
+    return response
+
+
+async def relay_stream(upstream: Upstream, exchange: Exchange, limit: int) -> Response:
+    """Open a streaming request; a 200 is relayed by `RelayResponse`, anything else answered."""
+    try:
+        answer = await upstream.send_chat(exchange, stream=True)
+    except httpx.HTTPError as exc:
+        return unreachable(upstream.chat_url, exc)
+    exchange.upstream_status = answer.status_code
+    if answer.status_code != 200:
+        try:
+            await answer.aread()
+        except httpx.HTTPError as exc:
+            return unreachable(upstream.chat_url, exc)
+        finally:
+            await answer.aclose()
+        return upstream_failed(upstream.chat_url, answer)
+    return RelayResponse(exchange, answer, upstream.chat_url, upstream.engine, limit)
+
+
+async def _request_body(request: Request) -> dict[str, Any] | None:
+    """The request's JSON object, or None when it is not one."""
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+# ------------------------------------------------------------------ the router
+
+
+def make_proxy_router(
+    engine: Engine,
+    home: Home,
+    settings: Settings,
+    *,
+    client: httpx.AsyncClient | None = None,
+    dependencies: Sequence[Depends] | None = None,
+) -> APIRouter:
+    """The proxy's routes over `settings.model.server_url` (`ValueError` when it is unset).
+
+    `client` is used as given (and not closed); without one, the router makes its own on first
+    use and closes it when the app that includes the router shuts down.
+    """
+    upstream = Upstream(engine, home, settings, client)
+    limit = settings.ingest.max_line_bytes
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await upstream.aclose()
+
+    router = APIRouter(dependencies=list(dependencies or ()), lifespan=lifespan)
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        started = time.perf_counter()
+        body = await _request_body(request)
+        if body is None:
+            error = {"message": "the body must be a JSON object", "type": "invalid_request_error"}
+            return JSONResponse({"error": error}, status_code=400)
+        try:
+            target = await run_in_threadpool(upstream.target)
+        except (HomeError, SQLAlchemyError) as exc:
+            return _error(503, str(exc), "service_unavailable", upstream.base_url)
+        exchange = Exchange(body, target, started=started, storable=storable(body))
+        relay = relay_stream if body.get("stream") else relay_json
+        return await relay(upstream, exchange, limit)
+
+    @router.get("/v1/models")
+    async def models() -> Response:
+        url = f"{upstream.base_url}/v1/models"
+        try:
+            answer = await upstream.client().get(url)
+        except httpx.HTTPError as exc:
+            return unreachable(url, exc)
+        if answer.status_code != 200:
+            return upstream_failed(url, answer)
+        return Response(answer.content, media_type=answer.headers.get("content-type"))
+
+    return router
