@@ -10,7 +10,7 @@
    Targets: under 2 ms added at p50, >= 95% of direct throughput. The upstream is a real
    vLLM server when `--vllm-url URL --vllm-model NAME` are given, else a minimal
    OpenAI-compatible stub (uvicorn) that answers at once, which isolates the proxy's own
-   cost.
+   cost. `--vllm-model` is the folder the server serves (what tutord's `model.base` is).
 
     .venv/bin/python bench/service.py [--batches 100] [--requests 300] [--json]
 """
@@ -195,6 +195,10 @@ def bench_proxy(
     else:
         upstream, model = vllm_url.rstrip("/"), vllm_model or ""
     with tempfile.TemporaryDirectory() as tmp:
+        if vllm_url is None:  # the stub serves any name: a folder stands for the base
+            (Path(tmp) / "stub").mkdir()
+            (Path(tmp) / "stub" / "config.json").write_text("{}")
+            model = str(Path(tmp) / "stub")
         settings = Settings.model_validate(
             {
                 "service": {"api_token": TOKEN},

@@ -66,7 +66,7 @@ SETTINGS: dict[str, Any] = {
         "threads": 2,
         "sft": {
             "max_steps": 80,
-            "learning_rate": 0.002,
+            "learning_rate": 0.001,
             "per_device_batch_size": 16,
             "max_seconds": 1200,
         },
