@@ -27,3 +27,16 @@ def run_tutord(
         text=True,
         timeout=timeout,
     )
+
+
+def start_run(home: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`tutord --home HOME run` as a background process (OMP_NUM_THREADS=1, no inherited
+    WATCHDOG_PID, `env` added); its output is discarded so that no pipe can fill."""
+    full = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full.pop("WATCHDOG_PID", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "--home", str(home), "run"],
+        env=full,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

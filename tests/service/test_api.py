@@ -23,7 +23,7 @@ from daemon.service.api import ServiceState, make_app
 from daemon.settings import Settings
 from replay.db import session_scope
 from replay.models import Interaction, PreferencePair
-from stages import registry
+from tests.registry_support import publish_version
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -79,18 +79,7 @@ def add_version(engine: Engine, home: Home, parent: int | None) -> int:
     src.mkdir(exist_ok=True)
     (src / "adapter_config.json").write_text('{"r": 2}', encoding="utf-8")
     (src / "adapter_model.safetensors").write_bytes(b"weights")
-    with session_scope(engine) as session:
-        version = adapters.next_version(session)
-        manifest = registry.publish(
-            src,
-            home.adapters,
-            version=version,
-            parent=parent,
-            base=registry.base_identity(base),
-            stage="sft",
-        )
-        adapters.register(session, manifest)
-    return version
+    return publish_version(engine, home.adapters, src, base, parent)
 
 
 def promote_two(engine: Engine, home: Home) -> None:

@@ -4,10 +4,7 @@ the service exits 0 within its stop timeout, and the next start finishes that cy
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from sqlalchemy import select
 
 from daemon.models import Cycle
 from replay.db import make_engine, session_scope
-from tests.cli_support import run_tutord
+from tests.cli_support import run_tutord, start_run
 from tests.cycle_support import FAST
 from world.logs import generate_logs, write_jsonl
 from world.pretrain import bootstrap
@@ -42,17 +39,6 @@ def cycles(home: Path) -> list[tuple[int, str]]:
     return rows
 
 
-def start(home: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, **ENV}
-    return subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "--home", str(home), "run"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_sigterm_mid_training_exits_0_and_the_next_start_finishes_the_cycle(
     tmp_path: Path,
 ) -> None:
@@ -64,13 +50,13 @@ def test_sigterm_mid_training_exits_0_and_the_next_start_finishes_the_cycle(
         write_jsonl(generate_logs("add", 30, seed=1), fh)
     assert run_tutord(home, "ingest", str(logs)).returncode == 0
 
-    proc = start(home)
+    proc = start_run(home, ENV)
     train_log = home / "cycles" / "00001" / "train" / "logs.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (
         train_log.exists() and len(train_log.read_text().splitlines()) >= 1
     ):
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert proc.poll() is None, "tutord run exited before training"
         time.sleep(0.2)
     assert train_log.exists(), "the stage never logged a step"
     asked = time.monotonic()
@@ -82,7 +68,7 @@ def test_sigterm_mid_training_exits_0_and_the_next_start_finishes_the_cycle(
     assert any(checkpoints.glob("checkpoint-*")), "no checkpoint saved on SIGTERM"
     assert not (home / "cycles" / "00001" / "train" / "result.json").exists()
 
-    again = start(home)
+    again = start_run(home, ENV)
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and cycles(home)[0][1] not in ("done", "failed"):

@@ -5,10 +5,7 @@ does not make two leaders."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from replay.db import make_engine
-from tests.cli_support import run_tutord
+from tests.cli_support import run_tutord, start_run
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.xdist_group("leaders")]
 
@@ -38,15 +35,6 @@ def shared(pg_url: str, tmp_path: Path) -> Iterator[tuple[list[Path], Engine]]:
     engine = make_engine(pg_url)
     yield homes, engine
     engine.dispose()
-
-
-def start(home: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "--home", str(home), "run"],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def leader(engine: Engine) -> tuple[int, int] | None:
@@ -73,7 +61,7 @@ def wait_leader(engine: Engine, seconds: float, not_pid: int | None = None) -> t
 
 def test_one_leader_and_takeover_within_the_ttl(shared: tuple[list[Path], Engine]) -> None:
     homes, engine = shared
-    procs = {p.pid: p for p in (start(homes[0]), start(homes[1]))}
+    procs = {p.pid: p for p in (start_run(homes[0]), start_run(homes[1]))}
     try:
         pid, token = wait_leader(engine, 60)
         assert pid in procs

@@ -38,6 +38,7 @@ from daemon.settings import Settings
 from replay.db import session_scope
 from replay.models import Interaction
 from stages import registry
+from tests.registry_support import publish_version
 from tests.server_support import free_port
 
 WORDS = ["Hel", "lo", " world"]
@@ -209,17 +210,7 @@ def front(
 
 def publish_and_promote(engine: Engine, home: Home, source: Path, base: str) -> int:
     """Publish the adapter folder `source` as the next version and make it production."""
-    with session_scope(engine) as session:
-        version = adapters.next_version(session)
-        manifest = registry.publish(
-            source,
-            home.adapters,
-            version=version,
-            parent=None,
-            base=registry.base_identity(base),
-            stage="sft",
-        )
-        adapters.register(session, manifest)
+    version = publish_version(engine, home.adapters, source, base)
     adapters.move_production(
         engine, version, kind="promote", actor="test", reason="test", adapters_dir=home.adapters
     )
@@ -581,17 +572,7 @@ def _promote_live(
     `_serve` does, then move production; returns when the move began and ended."""
     from stages.generate.openai_http import OpenAIBackend
 
-    with session_scope(engine) as session:
-        version = adapters.next_version(session)
-        manifest = registry.publish(
-            source,
-            home.adapters,
-            version=version,
-            parent=None,
-            base=registry.base_identity(base),
-            stage="sft",
-        )
-        adapters.register(session, manifest)
+    version = publish_version(engine, home.adapters, source, base)
     assert version == 1
     client = OpenAIBackend(base, base_url=server)
     client.load_adapter(

@@ -4,19 +4,16 @@ a graceful SIGTERM; and `--once` with its record of job runs."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cli_support import run_tutord
+from tests.cli_support import run_tutord, start_run
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -39,18 +36,6 @@ def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     sock.settimeout(0.2)
     yield sock, path
     sock.close()
-
-
-def start(home: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    full = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    full.pop("WATCHDOG_PID", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "--home", str(home), "run"],
-        env=full,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def receive(sock: socket.socket, seconds: float, until: str | None = None) -> list[str]:
@@ -80,7 +65,7 @@ def test_run_notifies_ingests_the_spool_and_stops_on_sigterm(
     home: Path, notify_socket: tuple[socket.socket, str]
 ) -> None:
     sock, path = notify_socket
-    proc = start(home, {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+    proc = start_run(home, {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
     try:
         ready = receive(sock, 60, until="READY=1")
         assert ready and "READY=1" in ready[-1], ready
@@ -118,7 +103,7 @@ def test_run_notifies_ingests_the_spool_and_stops_on_sigterm(
 
 @pytest.mark.slow
 def test_a_second_daemon_on_one_sqlite_home_is_refused(home: Path) -> None:
-    first = start(home)
+    first = start_run(home)
     try:
         lock = home / "tutord.lock"
         assert wait_for(lambda: lock.exists() and lock.read_text().strip() != "", 60)
@@ -151,7 +136,7 @@ def test_run_serves_the_api_and_reports_itself_as_leader(home: Path) -> None:
     port = free_port()
     with (home / "tutord.toml").open("a") as fh:
         fh.write(f'http_enabled = true\nhttp_port = {port}\napi_token = "s3cret"\n')
-    proc = start(home)
+    proc = start_run(home)
     url = f"http://127.0.0.1:{port}"
     try:
         assert wait_for(lambda: _answers(f"{url}/healthz"), 60)
