@@ -28,13 +28,11 @@ does, and fills `ServiceState`), and it imports no model library, so it starts f
 from __future__ import annotations
 
 import hmac
-import html
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -51,6 +49,7 @@ from daemon.home import Home
 from daemon.lease import LeaseHeld
 from daemon.models import Cycle, ServiceJob
 from daemon.service.metrics import ServiceMetrics
+from daemon.service.page import status_page
 from daemon.service.proxy import interaction_id_for_request, make_proxy_router
 from daemon.settings import Settings
 from replay.db import session_scope
@@ -362,44 +361,6 @@ def set_feedback(engine: Engine, body: FeedbackIn) -> dict[str, Any]:
     except DataError as exc:  # e.g. a NUL character, which PostgreSQL text cannot hold
         reason = str(exc.orig).strip().splitlines()[0]
         raise HTTPException(422, f"the database refused the feedback: {reason}") from None
-
-
-# ------------------------------------------------------------------ the status page
-
-
-def _cell(value: Any) -> str:
-    return f"<td>{html.escape('' if value is None else str(value))}</td>"
-
-
-def status_page(answer: dict[str, Any], token: str, has_report: bool) -> str:
-    """The HTML status page: production, leadership, the last cycles, the drift report."""
-    head = ("id", "state", "stage", "candidate", "outcome", "reason", "started", "finished")
-    keys = ("id", "state", "stage", "candidate", "outcome", "outcome_reason")
-    rows = "".join(
-        "<tr>" + "".join(_cell(c[k]) for k in (*keys, "started_at", "finished_at")) + "</tr>"
-        for c in answer["cycles"]
-    )
-    service = answer["service"]
-    role = "" if service is None else ("leader" if service["leader"] else "follower")
-    report = (
-        f'<a href="{html.escape("/v1/reports/latest?format=html&token=" + quote(token, safe=""))}">'
-        "drift report</a>"
-        if has_report
-        else "no drift report yet"
-    )
-    data = answer["data"]
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        "<meta name='referrer' content='no-referrer'><title>tutord</title></head><body>"
-        "<h1>tutord</h1>"
-        f"<p>production adapter: <b>{html.escape(answer['production'])}</b>"
-        f"{' (' + html.escape(role) + ')' if role else ''}</p>"
-        f"<p>interactions: {int(data['interactions'])}; preference pairs: "
-        f"{int(data['preference_pairs'])}</p>"
-        f"<p>{report}</p><h2>last cycles</h2><table border='1'><tr>"
-        + "".join(f"<th>{h}</th>" for h in head)
-        + f"</tr>{rows}</table></body></html>"
-    )
 
 
 # ------------------------------------------------------------------ request counting
