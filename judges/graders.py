@@ -111,8 +111,17 @@ def grader_fingerprint(spec: str) -> str:
     elif spec.startswith("json_schema:"):
         source = Path(spec.removeprefix("json_schema:")).read_text(encoding="utf-8")
     else:
-        source = inspect.getsource(importlib.import_module(spec.partition(":")[0]))
+        source = _module_source(importlib.import_module(spec.partition(":")[0]))
     return hashlib.sha256(f"{spec}\x1f{source}".encode()).hexdigest()
+
+
+def _module_source(module: Any) -> str:
+    """A module's source; for a package, every `.py` file in it (by relative path)."""
+    if not hasattr(module, "__path__"):
+        return inspect.getsource(module)
+    files = sorted(p for root in module.__path__ for p in Path(root).rglob("*.py"))
+    root = Path(next(iter(module.__path__)))
+    return "\x1e".join(f"{p.relative_to(root)}\x1f{p.read_text(encoding='utf-8')}" for p in files)
 
 
 def by_row_grader(

@@ -4,7 +4,7 @@ Every verifier has the call shape `(prompts, completions, **columns) -> list[flo
 1.0 right, 0.0 wrong, None to abstain (no reference to check against). Columns are
 per-row lists passed by keyword (`reference=[...]`); unknown columns are ignored, as
 TRL's reward functions do. Factories (`regex_format`, `json_schema`, `length_bounds`)
-return verifiers configured once. Code execution lives in `judges/sandbox.py`.
+return verifiers configured once. Code execution lives in `judges/sandbox/`.
 """
 
 from __future__ import annotations

@@ -10,8 +10,7 @@ import json
 
 import pytest
 
-from judges import sandbox
-from judges.sandbox import code_tests, run_tests
+from judges.sandbox import api, code_tests, judge, rewrite, run_tests, values
 from tests.judges.test_sandbox_support import FAST, require_bwrap
 
 ADD_TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0"
@@ -23,7 +22,7 @@ def _score(solution: str, tests: str = ADD_TESTS) -> float | None:
 
 
 def test_expected_literals_never_reach_the_sandbox() -> None:
-    suite = sandbox._prepare_tests("assert add(2, 3) == 12345\nassert 'secret-word' in f()")
+    suite = rewrite._prepare_tests("assert add(2, 3) == 12345\nassert 'secret-word' in f()")
     shipped = "\n".join(suite.statements)
     assert "12345" not in shipped and "secret-word" not in shipped
     assert "add(2, 3)" in shipped and "_tutord_check(0" in shipped
@@ -31,7 +30,7 @@ def test_expected_literals_never_reach_the_sandbox() -> None:
 
 
 def test_comparisons_become_parent_plans() -> None:
-    suite = sandbox._prepare_tests("assert abs(area(2) - 12.566) < 0.01 and not f(1) is None")
+    suite = rewrite._prepare_tests("assert abs(area(2) - 12.566) < 0.01 and not f(1) is None")
     assert suite.plans["0"] == [
         "and",
         [
@@ -71,18 +70,18 @@ class _SpyList(list[int]):
 @pytest.mark.parametrize("value", [_Spy(), _SpyList([1]), [1, _Spy()], {"k": _Spy()}])
 def test_only_plain_values_are_reported_and_none_of_their_code_runs(value: object) -> None:
     TOUCHED.clear()
-    with pytest.raises(sandbox._NotPlain):
-        sandbox._encode(value, [1000])
+    with pytest.raises(values._NotPlain):
+        values._encode(value, [1000])
     assert TOUCHED == []
 
 
 def test_plain_values_round_trip_exactly() -> None:
     value = [None, True, 3, 2.5, float("inf"), 1j, "s", b"b", (1, 2), {1, 2}, frozenset()]
     value += [{"k": (1,)}, int, 10**50]
-    data = json.loads(json.dumps(sandbox._encode(value, [1000])))
-    back = sandbox._decode(data)
+    data = json.loads(json.dumps(values._encode(value, [1000])))
+    back = values._decode(data)
     assert back == value and [type(v) for v in back] == [type(v) for v in value]
-    assert type(sandbox._decode({"t": [{"i": "1"}]})) is tuple  # (1,) != [1]: tuples stay tuples
+    assert type(values._decode({"t": [{"i": "1"}]})) is tuple  # (1,) != [1]: tuples stay tuples
 
 
 def _records(*records: dict[str, object], secret: str = "s3cret") -> str:
@@ -91,27 +90,27 @@ def _records(*records: dict[str, object], secret: str = "s3cret") -> str:
 
 
 def test_the_parent_needs_the_completion_record_with_this_runs_secret() -> None:
-    body, status, _ = sandbox._records(_records({"k": "end", "statements": 1}), "s3cret")
+    body, status, _ = judge._records(_records({"k": "end", "statements": 1}), "s3cret")
     assert body == [{"k": "end", "statements": 1}] and status == 0
     for text in ("", _records(secret="guess"), _records()[:-5], '{"k": "end"}\n'):
-        assert sandbox._records(text, "s3cret")[0] is None
+        assert judge._records(text, "s3cret")[0] is None
 
 
 def test_the_parent_rechecks_every_assertion_and_needs_all_of_them() -> None:
-    suite = sandbox._prepare_tests(ADD_TESTS)
+    suite = rewrite._prepare_tests(ADD_TESTS)
     end = {"k": "end", "statements": 2}
 
     def check(cid: int, got: int) -> dict[str, object]:
         return {"k": "check", "id": cid, "leaves": {"0": {"i": str(got)}}}
 
-    assert sandbox._judge([check(0, 5), check(1, 0), end], suite) == (True, 2, "passed")
-    assert sandbox._judge([check(0, 6), check(1, 0), end], suite)[2] == (
+    assert judge._judge([check(0, 5), check(1, 0), end], suite) == (True, 2, "passed")
+    assert judge._judge([check(0, 6), check(1, 0), end], suite)[2] == (
         "assert add(2, 3) == 5 failed"
     )
-    assert "never ran" in sandbox._judge([check(0, 5), end], suite)[2]
-    assert sandbox._judge([check(0, 5), check(1, 0)], suite)[:2] == (False, 2)
+    assert "never ran" in judge._judge([check(0, 5), end], suite)[2]
+    assert judge._judge([check(0, 5), check(1, 0)], suite)[:2] == (False, 2)
     raised = {"k": "check", "id": 0, "leaves": {"0": {"x": "<class 'ValueError'>"}}}
-    assert "raised" in sandbox._judge([raised, check(1, 0), end], suite)[2]
+    assert "raised" in judge._judge([raised, check(1, 0), end], suite)[2]
 
 
 @pytest.fixture
@@ -238,7 +237,7 @@ def test_the_secret_cannot_be_found_and_results_cannot_be_forged(
     monkeypatch: pytest.MonkeyPatch, forged: list[dict[str, object]]
 ) -> None:
     secret = "5ec7e7" * 10
-    monkeypatch.setattr(sandbox, "_new_secret", lambda: secret)
+    monkeypatch.setattr(api, "_new_secret", lambda: secret)
     solution = f"FORGED = {forged!r}\n{SNOOP}\n{RIGHT}"
     result = run_tests(solution, ADD_TESTS, FAST)
     assert secret not in result.stdout + result.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from judges import verifiers as v
@@ -51,3 +53,18 @@ def test_conversational_completions_and_row_mismatch() -> None:
 
 def test_unknown_columns_are_ignored_like_trl_reward_functions() -> None:
     assert v.exact_match(["q"], ["1"], reference=["1"], task=["add"], trainer_state=None) == [1.0]
+
+
+def test_a_graders_fingerprint_covers_every_module_of_its_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from judges.graders import grader_fingerprint
+
+    pkg = tmp_path / "fpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from fpkg.impl import grade\n")
+    (pkg / "impl.py").write_text("def grade(p, c, **k):\n    return [1.0 for _ in c]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = grader_fingerprint("fpkg:grade")
+    (pkg / "impl.py").write_text("def grade(p, c, **k):\n    return [0.0 for _ in c]\n")
+    assert grader_fingerprint("fpkg:grade") != before
