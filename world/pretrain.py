@@ -14,6 +14,10 @@ The learning rate warms up, then decays along a cosine: over `max_steps` when gi
 a run is reproducible step for step under a seed), otherwise over the time budget (then
 the number of steps, and so the weights, depend on the machine's speed).
 
+The training itself runs in a fresh Python process with the CPU numerics pinned
+(`world.pretrain_process`): without that, machines with and without AVX-512 trained
+different weights from the same seed.
+
 It does not evaluate the model beyond its training loss (see `probe`) and never touches
 the network.
 """
@@ -31,7 +35,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from transformers import (
     PrinterCallback,
     ProgressCallback,
@@ -48,6 +51,7 @@ from world import shipped
 from world.config import WorldConfig
 from world.corpus import CorpusConfig, CorpusStream
 from world.model import ModelShape, build_model, parameter_count
+from world.pretrain_process import train_in_child
 from world.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -55,8 +59,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "bootstrap.json"
 LOSS_CURVE = "loss_curve.json"
 # Bump when the corpus or the training recipe changes what equal settings produce: older
-# cached models then stop matching.
-MANIFEST_FORMAT = 1
+# cached models then stop matching. 2: trained in a child process with pinned numerics.
+MANIFEST_FORMAT = 2
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", LOSS_CURVE, MANIFEST)
 DEFAULT_STEPS = 2000
 """Enough for the model to complete every operand pair's equation ("3+4=") right: about
@@ -201,7 +205,16 @@ def source(out_dir: Path, settings: BootstrapSettings, force: bool = False) -> S
     return "trained"
 
 
-def _train(settings: BootstrapSettings, target: Path) -> BootstrapResult:
+def _train(
+    settings: BootstrapSettings, target: Path, threads: int | None
+) -> tuple[BootstrapResult, dict[str, Any]]:
+    """Train into `target` in a fresh process with pinned numerics (`pretrain_process`)."""
+    return train_in_child(settings, target, threads)
+
+
+def train_here(settings: BootstrapSettings, target: Path) -> BootstrapResult:
+    """Train `settings` in this process and save the model into `target`. Bit-for-bit
+    reproducible only under the environment `pretrain_process` gives it."""
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, settings.seed, settings.shape)
     data = CorpusStream(tokenizer, settings.seed, settings.corpus, settings.world)
@@ -278,10 +291,11 @@ def bootstrap(
     ones the package's shipped model was made with, that model is copied (verified by its
     hash) instead of training. With `force`, the model is trained even when a cached or
     shipped one matches; its manifest's `sha256` then tells whether it is the shipped one
-    bit for bit. `threads`
-    sets torch's CPU threads for the run (default: torch's own choice); it changes speed,
-    not what is learnt, so it is not part of the cache key. On a busy two-core machine one
-    thread can be several times faster than two.
+    bit for bit. The training runs in a fresh process with pinned CPU numerics
+    (`world.pretrain_process`), so equal settings give equal weights on any x86-64 machine
+    with AVX2. `threads` sets torch's CPU threads for the run (default: torch's own choice);
+    it is recorded in the manifest but is not part of the cache key. On a busy two-core
+    machine one thread can be several times faster than two.
     """
     settings = resolve_settings(minutes, seed, max_steps, settings)
     out_dir = Path(out_dir)
@@ -300,19 +314,13 @@ def bootstrap(
     tmp.mkdir()
     try:
         log.info("bootstrap: pretraining for up to %.2f min (seed %d)", minutes, seed)
-        previous_threads = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
-        try:
-            used_threads = torch.get_num_threads()
-            result = _train(settings, tmp)
-        finally:
-            torch.set_num_threads(previous_threads)
+        result, numerics = _train(settings, tmp, threads)
         manifest = {
             "format": MANIFEST_FORMAT,
             "settings": wanted,
             "result": result.to_dict(),
-            "torch_threads": used_threads,
+            "torch_threads": numerics["threads"],
+            "numerics": numerics,
             "sha256": shipped.weights_sha256(tmp),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

@@ -6,8 +6,8 @@ result of `tutord world bootstrap` with the default settings: the model folder i
 `world/base/` and the SHA-256 of its weights here. `bootstrap` copies it instead of training
 when the settings asked for are exactly the ones it was made with and the weights hash to
 `SHA256`; `tutord world bootstrap --force` trains from scratch and says whether the weights
-it made are the shipped ones bit for bit (they are on these machines: same torch build,
-one thread, same seed).
+it made are the shipped ones bit for bit (they are on any x86-64 machine with AVX2 and the
+same torch build: the training runs with its CPU numerics pinned, `world.pretrain_process`).
 
 This module reads and copies files; it does not train (see `pretrain`) and imports no torch.
 """
@@ -24,7 +24,7 @@ from stages.atomic import replace_dir, sha256_file
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "base"
 WEIGHTS = "model.safetensors"
-SHA256 = "25b1c54150d6a114887f5c9331424b5860692f2e62b54677328c2c17bea28a58"
+SHA256 = "c918e300f5682a9c31f45cb0704d343828b10d34f57120d5a3e8fdfeb8e9b61c"
 """SHA-256 of the shipped `model.safetensors`."""
 
 

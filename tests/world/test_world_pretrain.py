@@ -75,3 +75,30 @@ def test_bootstrap_is_reproducible_with_max_steps(tmp_path: Path) -> None:
     for name in ("model.safetensors", "loss_curve.json"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
     assert read_manifest(first)["result"]["steps"] == 4  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_the_calling_process_cannot_change_the_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training runs in a fresh process with AVX2 numerics pinned: a caller whose torch
+    uses other kernels, threads or dtype still gets the same weights."""
+    import torch
+
+    reference = bootstrap(tmp_path / "a", minutes=2, seed=4, max_steps=6, threads=1)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")  # no vector kernels, if it mattered
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_num_threads(2)
+    torch.set_default_dtype(torch.float64)
+    try:
+        other = bootstrap(tmp_path / "b", minutes=2, seed=4, max_steps=6, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+    assert (other / "model.safetensors").read_bytes() == (
+        reference / "model.safetensors"
+    ).read_bytes()
+    numerics = read_manifest(other)["numerics"]  # type: ignore[index]
+    assert numerics["cpu_capability"] == "AVX2" and numerics["threads"] == 1
+    assert numerics["ATEN_CPU_CAPABILITY"] == "avx2" and numerics["MKL_CBWR"] == "AVX2"
