@@ -3,9 +3,15 @@
 Each non-blank line is decoded, parsed and validated (`replay.records`); good records
 are written in bulk (one INSERT ... ON CONFLICT DO NOTHING per batch, no ORM objects),
 bad lines are reported with their line number and field and copied, with the error,
-into a quarantine file. A bad line never costs a good one. Ingesting the same file
-twice adds nothing: a record's identity is its id within its source, else the hash of
-its canonical content.
+into a quarantine file. A bad line never costs a good one, and neither does a damaged
+file (every line before the damage is kept; the damage is reported as a rejection at
+the line where reading stopped), a file that cannot be opened (reported, the next file
+is read), nor a quarantine that cannot be written (reported in `quarantine_errors`).
+Ingesting the same file twice adds nothing: a record's identity is its id within its
+source, else the hash of its canonical content.
+
+Reading lines is `replay.ingest_read`, decoding them `replay.ingest_json`, validating
+them `replay.records`, the quarantine file `replay.ingest_quarantine`.
 
 `ingest_records` stores an in-memory batch (the HTTP API's) the same way, reporting each
 rejected item by its index instead of quarantining it.
@@ -15,28 +21,44 @@ It does not decide where files come from (CLI, spool folder, HTTP: see `daemon/`
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import gc
-import gzip
 import json
-import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, Table, select
 from sqlalchemy.exc import DBAPIError
 
+from replay.ingest_json import loads_line
+from replay.ingest_quarantine import Quarantine
+from replay.ingest_read import LineReader, ProgressFn, ReadFailure, file_problem, open_log
 from replay.models import Interaction, PreferencePair
-from replay.records import NormalizedRecord, RecordError, parse_record
+from replay.records import MAX_LABEL_CHARS, NormalizedRecord, RecordError, parse_record
+
+__all__ = [
+    "MAX_BATCH_SIZE",
+    "BatchResult",
+    "IngestReport",
+    "ItemError",
+    "LineError",
+    "ProgressFn",
+    "file_problem",
+    "ingest_files",
+    "ingest_records",
+    "parse_line",
+    "stored_ids",
+]
 
 MAX_REPORTED_ERRORS = 20
+MAX_BATCH_SIZE = 50_000
+"""Most records written per transaction: a larger `batch_size` is written in batches of
+this size (it bounds the memory held for one batch, up to its lines' size each)."""
 _ID_CHUNK = 500
 _PREVIEW_BYTES = 2_000
 _TABLES: dict[str, Table] = {
@@ -47,7 +69,8 @@ _TABLES: dict[str, Table] = {
 
 @dataclass(frozen=True)
 class LineError:
-    """One rejected line: where it was and why."""
+    """One rejected line: where it was and why. Line 0 stands for the whole file (one that
+    cannot be opened)."""
 
     file: str
     line: int
@@ -59,7 +82,9 @@ class LineError:
 
 @dataclass
 class IngestReport:
-    """What an ingest did. `errors` holds the first few rejections; all are quarantined."""
+    """What an ingest did. `errors` holds the first few rejections; every rejected line is
+    quarantined, unless the quarantine could not be written (`quarantine_errors` says why);
+    a file that could not be opened is a rejection at line 0, not quarantined."""
 
     files: list[str] = field(default_factory=list)
     read: int = 0
@@ -70,6 +95,7 @@ class IngestReport:
     rejected: int = 0
     errors: list[LineError] = field(default_factory=list)
     quarantine_files: list[str] = field(default_factory=list)
+    quarantine_errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,95 +108,13 @@ class IngestReport:
             "rejected": self.rejected,
             "errors": [{"file": e.file, "line": e.line, "message": e.message} for e in self.errors],
             "quarantine_files": self.quarantine_files,
+            "quarantine_errors": self.quarantine_errors,
         }
-
-
-ProgressFn = Callable[[int], None]
-"""Called with the number of (compressed) bytes of the file read so far."""
-
-
-def _open(path: Path) -> tuple[IO[bytes], IO[bytes]]:
-    """(line reader, raw file): the raw file's position measures progress."""
-    raw = path.open("rb")
-    magic = raw.read(2)
-    raw.seek(0)
-    if magic == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
-    return raw, raw
-
-
-def _lines(reader: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, bytes without the newline); None for a line over `max_bytes`."""
-    number = 0
-    while True:
-        chunk = reader.readline(max_bytes + 2)
-        if not chunk:
-            return
-        number += 1
-        if len(chunk) > max_bytes + 1 or (
-            len(chunk) == max_bytes + 1 and not chunk.endswith(b"\n")
-        ):
-            # Over the limit: skip the rest of the line without holding it in memory.
-            while not chunk.endswith(b"\n"):
-                chunk = reader.readline(1 << 20)
-                if not chunk:
-                    break
-            yield number, None
-            continue
-        yield number, chunk.rstrip(b"\r\n")
-
-
-class _Quarantine:
-    """Rejected lines of one input file, written to a temporary file then renamed."""
-
-    def __init__(self, folder: Path | None, source: str, input_path: Path) -> None:
-        self.folder = folder
-        self.final: Path | None = None
-        self._tmp: Path | None = None
-        self._fh: IO[str] | None = None
-        if folder is not None:
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{source}-{input_path.name}")
-            self.final = folder / f"{stamp}-{safe}.rejected.jsonl"
-
-    def add(self, path: Path, number: int, error: str, raw: bytes | None) -> None:
-        if self.final is None:
-            return
-        if self._fh is None:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = self.final.with_name(self.final.name + ".tmp")
-            self._fh = self._tmp.open("w", encoding="utf-8")
-        entry: dict[str, Any] = {"file": str(path), "line": number, "error": error}
-        if raw is None:
-            entry["raw"] = None
-        else:
-            try:
-                entry["raw"] = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                entry["raw_base64"] = base64.b64encode(raw).decode("ascii")
-        self._fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
-
-    def close(self) -> Path | None:
-        if self._fh is None or self._tmp is None or self.final is None:
-            return None
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.replace(self._tmp, self.final)
-        return self.final
 
 
 def parse_line(raw: bytes) -> NormalizedRecord:
     """Decode and validate one line; raise `RecordError` saying what is wrong."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RecordError(f"not UTF-8 (byte {exc.start}: {exc.reason})") from None
-    try:
-        obj = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise RecordError(f"not JSON: {exc.msg} at column {exc.colno}") from None
-    return parse_record(obj)
+    return parse_record(loads_line(raw))
 
 
 class _BulkInsert:
@@ -244,6 +188,11 @@ class _Writer:
     """
 
     def __init__(self, engine: Engine, source: str, report: IngestReport, batch_size: int):
+        if not 0 < len(source) <= MAX_LABEL_CHARS:
+            raise ValueError(f"a source name must be 1 to {MAX_LABEL_CHARS} characters")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        batch_size = min(batch_size, MAX_BATCH_SIZE)
         self.engine = engine
         self.source = source
         self.report = report
@@ -332,8 +281,10 @@ def ingest_files(
     """Ingest each file in turn; return one report over all of them.
 
     `on_file(path, size)` may return a progress callback for that file. Batches are
-    committed as they fill, so an interrupted ingest keeps what it wrote, and running
-    it again adds only what is missing.
+    committed as they fill (at most `MAX_BATCH_SIZE` records each), so an interrupted
+    ingest keeps what it wrote, and running it again adds only what is missing. Raises
+    ValueError for a source name of no or over 200 characters or a batch_size below 1;
+    database errors other than a refused record propagate.
     """
     report = IngestReport()
     writer = _Writer(engine, source, report, batch_size)
@@ -372,28 +323,35 @@ def _ingest_file(
 ) -> None:
     """Ingest one file into `writer`, adding to `report`; rejected lines go to quarantine."""
     report.files.append(str(path))
-    progress = on_file(path, path.stat().st_size) if on_file else None
-    quarantine = _Quarantine(quarantine_dir, source, path)
+    try:
+        fh, size = open_log(path)
+    except ReadFailure as exc:
+        report.read += 1
+        report.rejected += 1
+        _note(report, LineError(str(path), 0, f"cannot read the file: {exc}"))
+        return
+    quarantine = Quarantine(quarantine_dir, source, path, report.quarantine_errors.append)
     received_at = datetime.now(UTC)
     writer.reject = lambda number, message, raw: _reject(
         report, quarantine, path, number, message, raw
     )
-    reader, raw = _open(path)
     try:
-        for n, (number, line) in enumerate(_lines(reader, max_line_bytes)):
-            if progress is not None and n % 2048 == 0:
-                progress(raw.tell())
+        progress = on_file(path, size) if on_file else None
+        reader = LineReader(fh, max_line_bytes, progress)
+        lines = iter(reader)
+        while True:
+            try:
+                number, line = next(lines)
+            except StopIteration:
+                break
+            except ReadFailure as exc:
+                # Every line before the damage was read; the rest of the file is lost.
+                message = f"cannot read the file from this line on: {exc}"
+                _reject(report, quarantine, path, reader.number + 1, message, None)
+                break
             if line is None:
-                _reject(
-                    report,
-                    quarantine,
-                    path,
-                    number,
-                    f"line is longer than {max_line_bytes} bytes",
-                    None,
-                )
-                continue
-            if not line.strip():
+                message = f"line is longer than {max_line_bytes} bytes"
+                _reject(report, quarantine, path, number, message, None)
                 continue
             report.read += 1
             try:
@@ -403,24 +361,23 @@ def _ingest_file(
                 continue
             writer.add(record, received_at, number, line)
         writer.flush()
-    except (OSError, EOFError) as exc:
-        # A truncated gzip or a read error: what was read so far is kept.
-        report.errors.append(LineError(str(path), -1, f"cannot read the file: {exc}"))
-        report.rejected += 1
-        writer.flush()
     finally:
-        reader.close()
-        raw.close()
+        fh.close()
         kept = quarantine.close()
         if kept is not None:
             report.quarantine_files.append(str(kept))
     if progress is not None:
-        progress(path.stat().st_size)
+        progress(size)
+
+
+def _note(report: IngestReport, error: LineError) -> None:
+    if len(report.errors) < MAX_REPORTED_ERRORS:
+        report.errors.append(error)
 
 
 def _reject(
     report: IngestReport,
-    quarantine: _Quarantine,
+    quarantine: Quarantine,
     path: Path,
     number: int,
     message: str,
@@ -429,9 +386,8 @@ def _reject(
     report.rejected += 1
     if raw is None:
         report.read += 1
-    if len(report.errors) < MAX_REPORTED_ERRORS:
-        report.errors.append(LineError(str(path), number, message))
-    quarantine.add(path, number, message, raw)
+    _note(report, LineError(str(path), number, message))
+    quarantine.add(number, message, raw)
 
 
 @dataclass(frozen=True)
@@ -490,8 +446,13 @@ def _item_bytes(item: Any, max_bytes: int) -> bytes:
     else:
         try:
             raw = orjson.dumps(item)
-        except orjson.JSONEncodeError as exc:
-            raise RecordError(f"cannot be serialized as JSON: {exc}") from None
+        except orjson.JSONEncodeError:
+            # orjson holds no integer beyond 64 bits; the standard library writes it
+            # exactly, and the line decoder then keeps it as a string (`ingest_json`).
+            try:
+                raw = json.dumps(item, ensure_ascii=False, allow_nan=False).encode("utf-8")
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise RecordError(f"cannot be serialized as JSON: {exc}") from None
     if len(raw) > max_bytes:
         raise RecordError(f"record is longer than {max_bytes} bytes")
     return raw

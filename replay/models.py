@@ -82,8 +82,9 @@ class Base(DeclarativeBase):
 class Interaction(Base):
     """One conversation a user had with a served model, with whatever feedback came back.
 
-    `record_key` is the record's identity: `id:<source>:<id>` when the log gave an id,
-    else `sha256:<hash of the canonical content>`; it is unique, which makes ingest
+    `record_key` is the record's identity: `id:<source>:<id>` when the log gave an id
+    (`idsha256:<hash of source and id>` when that would pass 300 characters), else
+    `sha256:<hash of the canonical content>`; it is unique, which makes ingest
     idempotent.
     """
 

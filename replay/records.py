@@ -10,14 +10,24 @@ Shapes (one JSON object per line):
 
 `parse_record` turns one decoded JSON object into a `NormalizedRecord` (a row ready for
 the database, with its identity key) or raises `RecordError` naming the field.
-Unknown top-level keys are kept under `metadata`. This module does no I/O.
+Unknown top-level keys are kept under `metadata`. This module does no I/O and does not
+decode JSON text (`replay.ingest_json` does).
+
+Times: a `timestamp` (or an OpenAI `response.created`) that is a JSON number, or a
+string holding only a number, is Unix seconds (never milliseconds, whatever its size);
+any other string is ISO 8601, UTC when it names no zone. Either must fall within years
+1 to 9999 once converted to UTC; anything else is refused, naming the field.
+
+Ids: an `id` is a string of at most `MAX_ID_CHARS` characters or an integer (the
+`external_id` column's limit, the same on SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -32,10 +42,17 @@ from pydantic import (
     field_validator,
 )
 
+MAX_ID_CHARS = 256
+"""Longest record `id` (the `external_id` column is VARCHAR(256))."""
+MAX_LABEL_CHARS = 200
+"""Longest `task`, `adapter` and source name (their columns are VARCHAR(200))."""
+MAX_KEY_CHARS = 300
+"""Longest record key (the `record_key` column is VARCHAR(300))."""
+
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 Text = Annotated[StrictStr, Field(min_length=1)]
-Label = Annotated[StrictStr, Field(min_length=1, max_length=200)]
-RecordId = Annotated[StrictStr | StrictInt, Field()]
+Label = Annotated[StrictStr, Field(min_length=1, max_length=MAX_LABEL_CHARS)]
+RecordId = Annotated[StrictStr, Field(max_length=MAX_ID_CHARS)] | StrictInt
 
 
 class RecordError(ValueError):
@@ -85,6 +102,78 @@ class Feedback(BaseModel):
         return value
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]*)?")
+_INTEGER = re.compile(r"[+-]?0*([0-9]*)")
+
+
+def unix_seconds(value: int | float) -> datetime:
+    """The UTC time `value` seconds after 1970-01-01T00:00:00Z.
+
+    Raises ValueError when that falls outside years 1 to 9999.
+
+    >>> unix_seconds(30_000_000_000).year
+    2920
+    >>> unix_seconds(-62_135_596_800).isoformat()
+    '0001-01-01T00:00:00+00:00'
+    """
+    try:
+        return _EPOCH + timedelta(seconds=value)
+    except (OverflowError, ValueError):
+        pass
+    hint = ""
+    if value >= 10**12:  # milliseconds since September 2001
+        try:
+            _EPOCH + timedelta(seconds=value / 1000)
+            hint = " (timestamps are Unix seconds; this looks like milliseconds)"
+        except (OverflowError, ValueError):
+            pass
+    raise _out_of_range(str(value), hint) from None
+
+
+def _out_of_range(text: str, hint: str = "") -> ValueError:
+    if len(text) > 24:
+        text = f"{text[:20]}... ({len(text)} characters)"
+    return ValueError(f"{text} Unix seconds is outside years 1 to 9999{hint}")
+
+
+def _seconds_or_text(value: Any) -> Any:
+    """A number, or a string that is only a number, as Unix seconds; anything else as is."""
+    if isinstance(value, bool):
+        return value  # refused by the datetime validation
+    if isinstance(value, int | float):
+        return unix_seconds(value)
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        return _seconds_of_text(value)
+    return value
+
+
+def _seconds_of_text(text: str) -> datetime:
+    """`unix_seconds` of a number written as text (`_NUMBER`), of any length."""
+    match = _INTEGER.fullmatch(text)
+    if match is None:
+        return unix_seconds(float(text))
+    digits = match.group(1)  # without sign and leading zeros
+    if len(digits) > 40:  # far beyond year 9999, and perhaps beyond what int() reads
+        raise _out_of_range(text)
+    number = int(digits or "0")
+    return unix_seconds(-number if text.startswith("-") else number)
+
+
+def _in_utc(value: datetime | None) -> datetime | None:
+    """`value` in UTC (no zone: taken as UTC); ValueError when UTC has no such year."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError(
+            f"{value.isoformat()} is outside years 1 to 9999 once converted to UTC"
+        ) from None
+
+
 class _Common(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -92,6 +181,16 @@ class _Common(BaseModel):
     timestamp: datetime | None = None
     task: Label | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _numbers_are_seconds(cls, value: Any) -> Any:
+        return _seconds_or_text(value)
+
+    @field_validator("timestamp")
+    @classmethod
+    def _to_utc(cls, value: datetime | None) -> datetime | None:
+        return _in_utc(value)
 
 
 class InteractionIn(_Common):
@@ -123,6 +222,18 @@ class _OpenAIResponse(BaseModel):
     created: StrictInt | None = None
     model: StrictStr | None = None
 
+    @field_validator("created", mode="before")
+    @classmethod
+    def _created_in_range(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            unix_seconds(value)  # out of range: raises, naming the range
+        # An integer beyond 64 bits arrives as its digits (`replay.ingest_json`): 13 or
+        # more significant digits are beyond year 9999 either way; say so, not "not an int".
+        match = _INTEGER.fullmatch(value) if isinstance(value, str) else None
+        if match is not None and len(match.group(1)) > 12:
+            _seconds_of_text(value)  # raises
+        return value
+
 
 class OpenAILogIn(_Common):
     request: _OpenAIRequest
@@ -145,8 +256,15 @@ class NormalizedRecord:
     encoded: dict[str, str]
 
     def record_key(self, source: str) -> str:
+        """`id:<source>:<id>`, or `sha256:<content hash>` without an id. An `id:` key
+        longer than the column holds (a long source with a long id) becomes
+        `idsha256:<sha256 of source, NUL, id>`: the same identity, in fewer characters."""
         if self.external_id is not None:
-            return f"id:{source}:{self.external_id}"
+            key = f"id:{source}:{self.external_id}"
+            if len(key) <= MAX_KEY_CHARS:
+                return key
+            digest = hashlib.sha256(f"{source}\0{self.external_id}".encode()).hexdigest()
+            return f"idsha256:{digest}"
         return f"sha256:{self.content_hash}"
 
 
@@ -178,12 +296,6 @@ def _validate(model: type[BaseModel], obj: dict[str, Any]) -> Any:
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         raise RecordError(msg + extra, _field_path(err["loc"]) or None) from None
-
-
-def _utc(ts: datetime | None) -> datetime | None:
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def _extras(model: BaseModel) -> dict[str, Any]:
@@ -266,7 +378,7 @@ def _interaction(
     adapter: str | None,
     metadata: dict[str, Any],
 ) -> NormalizedRecord:
-    occurred_at = _utc(common.timestamp)
+    occurred_at = common.timestamp  # already UTC (`_in_utc`)
     fb = feedback or Feedback()
     row = {
         "messages": messages,
@@ -302,7 +414,7 @@ def _parse_openai(obj: dict[str, Any]) -> NormalizedRecord:
         )
     _check_conversation(messages, "request.messages")
     if rec.timestamp is None and rec.response.created is not None:
-        rec.timestamp = datetime.fromtimestamp(rec.response.created, UTC)
+        rec.timestamp = unix_seconds(rec.response.created)  # validated: in range
     response_rest = {k: v for k, v in rec.response.model_dump().items() if k not in ("choices",)}
     request_rest = {k: v for k, v in rec.request.model_dump().items() if k != "messages"}
     metadata = {**rec.metadata, **_extras(rec)}
@@ -328,7 +440,7 @@ def _parse_preference(obj: dict[str, Any]) -> NormalizedRecord:
             )
     if rec.chosen == rec.rejected:
         raise RecordError("chosen and rejected are the same text", "rejected")
-    occurred_at = _utc(rec.timestamp)
+    occurred_at = rec.timestamp  # already UTC (`_in_utc`)
     row = {
         "prompt": prompt,
         "chosen": rec.chosen,

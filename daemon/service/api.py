@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -54,8 +53,9 @@ from daemon.service.proxy import interaction_id_for_request, make_proxy_router
 from daemon.settings import Settings
 from replay.db import session_scope
 from replay.ingest import BatchResult, ingest_records, stored_ids
+from replay.ingest_json import loads_line
 from replay.models import Interaction, PreferencePair
-from replay.records import Feedback
+from replay.records import Feedback, RecordError
 from stages import registry
 
 SOURCE = "api"
@@ -176,8 +176,8 @@ def records_of(raw: bytes) -> list[Any]:
     """The items of an interactions body: a JSON list, `{"records": [...]}` (that key
     alone), or one record."""
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        body = loads_line(raw)  # as a log line is read: integers beyond 64 bits kept exact
+    except RecordError as exc:
         raise HTTPException(422, f"the body is not JSON: {exc}") from None
     if isinstance(body, dict) and set(body) == {"records"}:
         body = body["records"]

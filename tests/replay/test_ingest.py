@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +141,14 @@ def test_truncated_gzip_keeps_what_was_readable(db_engine: Engine, tmp_path: Pat
     data = gzip.compress(plain.read_bytes())
     gz = tmp_path / "cut.jsonl.gz"
     gz.write_bytes(data[: len(data) // 2])
+    complete = zlib.decompressobj(31).decompress(data[: len(data) // 2]).count(b"\n")
     report = run(db_engine, [gz], tmp_path)
     assert report.rejected == 1
-    assert "cannot read the file" in report.errors[0].message
-    assert 0 < report.ingested < 2000
+    assert report.errors[0].line == complete + 1  # where reading stopped
+    assert report.errors[0].message == (
+        "cannot read the file from this line on: the gzip data ends early (the file is truncated)"
+    )
+    assert 0 < report.ingested == complete < 2000  # every complete line before the cut
     assert count(db_engine, Interaction) == report.ingested
 
 

@@ -243,6 +243,22 @@ def test_a_single_record_and_a_list_and_duplicates(client: TestClient, db_engine
     assert count(db_engine, Interaction) == 2
 
 
+def test_integers_beyond_64_bits_keep_their_value(client: TestClient, db_engine: Engine) -> None:
+    """Over HTTP as in a log file: an integer no 64-bit reader can hold is stored as its
+    exact digits (`replay/ingest_json.py`), never rounded to a float."""
+    question = (
+        '"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]'
+    )
+    body = "{" + question + f', "metadata": {{"n": {2**70}, "m": 7}}}}'
+    answer = client.post(
+        "/v1/interactions", content=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert answer.status_code == 200, answer.text
+    (stored,) = answer.json()["ids"]
+    with session_scope(db_engine) as session:
+        assert session.get(Interaction, stored).meta == {"n": str(2**70), "m": 7}  # type: ignore[union-attr]
+
+
 def test_every_item_bad_is_422_and_stores_nothing(client: TestClient, db_engine: Engine) -> None:
     response = client.post("/v1/interactions", json=[{"messages": []}, 3], headers=AUTH)
     assert response.status_code == 422
