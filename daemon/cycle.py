@@ -5,7 +5,10 @@ outputs (into the database, or into the cycle's folder `cycles/<id>/`, atomicall
 before the row moves on in its own transaction, and each step first looks for what an
 interrupted earlier attempt already did, so a cycle killed at any point (even SIGKILL)
 resumes from its last finished step on the next `tutord cycle`, and a half-written
-artifact is never used. Only one cycle runs at a time per database (the `cycle` lease).
+artifact is never used. An adapter the registry refuses (tampered, a link, pickle-based)
+fails the cycle instead, with the reason and, for production, what to run
+(`daemon/production_check.py`). Only one cycle runs at a time per database (the `cycle`
+lease).
 
 The work of each step lives elsewhere (`daemon/synth_run.py`, `daemon/assemble.py`,
 `stages.launch`, `evals/`, `daemon/adapters.py`); this module sequences and records.
@@ -34,6 +37,7 @@ from daemon.home import Home
 from daemon.memory import remember
 from daemon.models import AdapterVersion, Cycle, GateDecision
 from daemon.policy import base_model, policy_backend, production_adapter
+from daemon.production_check import production_refusal
 from daemon.rehearsal import ensure_rehearsal
 from daemon.report import record_snapshot
 from daemon.settings import Settings
@@ -373,6 +377,7 @@ def _serve(ctx: _Ctx, version: int) -> None:
     name = registry.version_name(version)
     path = registry.adapter_path(ctx.home.adapters, version)
     try:
+        registry.verify(path)  # the server loads what the folder holds, pickles included
         client.load_adapter(name, path)
         # It must answer under that name before production (and the proxy) moves to it.
         client.generate(
@@ -428,6 +433,15 @@ def _run_step(ctx: _Ctx, cycle: Cycle, step: str) -> StepOutcome:
     raise ValueError(f"unknown cycle step {step!r}")
 
 
+def _refused(ctx: _Ctx, step: str, exc: registry.RegistryError) -> StepOutcome:
+    """A step met an adapter the registry refuses (tampered, linked, pickle-based): the
+    cycle fails with the reason, and when it is production's, with what to run."""
+    refusal = production_refusal(ctx.engine, ctx.home.adapters)
+    reason = refusal.message() if refusal else f"{step}: adapter refused: {exc}"
+    ctx.say(f"  {reason}")
+    return StepOutcome(state="failed", outcome="failed", outcome_reason=reason)
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -470,8 +484,12 @@ def run_cycle(
         while cycle.state in STEPS:
             step = cycle.state
             started = time.monotonic()
+            error = None
             try:
                 updates = _run_step(ctx, cycle, step).columns()
+            except registry.RegistryError as exc:  # a refused adapter: resuming cannot help
+                error = f"{step}: {type(exc).__name__}: {exc}"
+                updates = _refused(ctx, step, exc).columns()
             except Exception as exc:
                 _update(engine, cycle.id, error=f"{step}: {type(exc).__name__}: {exc}")
                 raise
@@ -481,7 +499,7 @@ def run_cycle(
             updates.setdefault("state", following)
             if updates["state"] in FINISHED and updates["state"] != "done":
                 updates.setdefault("finished_at", utcnow())
-            cycle = _update(engine, cycle.id, step_timings=timings, error=None, **updates)
+            cycle = _update(engine, cycle.id, step_timings=timings, error=error, **updates)
             lease.renew(engine, LEASE, ctx.holder, LEASE_TTL)
         name = (
             None

@@ -59,17 +59,17 @@ def production_adapter(engine: Engine, home: Home) -> AdapterRef | None:
     """The production adapter (None: the bare base), verified on disk."""
     with session_scope(engine) as session:
         version = adapters.production(session)
-    ref = adapter_ref(home, version)
-    if ref is not None:
-        registry.verify(ref.path)
-    return ref
+    return adapter_ref(home, version)
 
 
 def adapter_ref(home: Home, version: int | None) -> AdapterRef | None:
-    """The adapter of a registry version (None: the bare base); not verified here."""
+    """The adapter of a registry version (None: the bare base), verified on disk
+    (`registry.verify`: a tampered, linked or pickle-holding folder is refused)."""
     if version is None:
         return None
-    return AdapterRef(registry.version_name(version), registry.adapter_path(home.adapters, version))
+    path = registry.adapter_path(home.adapters, version)
+    registry.verify(path)
+    return AdapterRef(registry.version_name(version), path)
 
 
 def apply_threads(settings: Settings) -> None:

@@ -108,9 +108,8 @@ def record_snapshot(engine: Engine, home: Home, settings: Settings, cycle: Cycle
     kl_base = (
         divergence(base, current, None, probe) if probe and current else (0.0 if probe else None)
     )
-    previous = adapter_ref(home, cycle.parent_version)
     kl_prev = (
-        divergence(base, current, previous, probe)
+        divergence(base, current, adapter_ref(home, cycle.parent_version), probe)
         if probe and production != cycle.parent_version
         else (0.0 if probe else None)
     )

@@ -2,7 +2,9 @@
 
 Precedence, highest first: values passed in code, `TUTORD_*` environment variables
 (nested keys joined by `__`, e.g. `TUTORD_INGEST__BATCH_SIZE`), `tutord.toml`, defaults.
-Unknown keys and bad values raise `SettingsError`, whose message names the key.
+Unknown keys and bad values raise `SettingsError`, whose message names the key (and the
+file or the environment variable): also an unreadable file, an environment variable that
+is not the JSON its table or list needs, and a `database_url` tutord cannot use.
 
 The tables `[synth]`, `[train.sft]`, `[train.dpo]` and `[train.rl]` are the config
 dataclasses themselves (`judges.synth.SynthConfig`, `stages.configs.*StageConfig`), validated
@@ -14,23 +16,34 @@ these declarations. This module does not create the home folder (see `daemon/hom
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as SourceError
 
 from daemon.curriculum import CurriculumSettings
 from daemon.task_settings import TASK_NAME_PATTERN, TaskSettings
 from judges.synth import SynthConfig
+from replay.db import check_url
 from stages.configs import DPOStageConfig, RLStageConfig, SFTStageConfig, per_run_fields
 
 CONFIG_FILENAME = "tutord.toml"
@@ -51,7 +64,9 @@ class IngestSettings(BaseModel):
         gt=0,
         description="Longest accepted JSONL line in bytes; longer lines go to quarantine/.",
     )
-    batch_size: int = Field(5_000, gt=0, description="Records written per database transaction.")
+    batch_size: int = Field(
+        5_000, gt=0, le=50_000, description="Records written per database transaction."
+    )
     default_source: str = Field(
         "default",
         min_length=1,
@@ -375,6 +390,13 @@ class Settings(BaseSettings):
 
     toml_file: ClassVar[Path | None] = None
 
+    @field_validator("database_url")
+    @classmethod
+    def _usable_database_url(cls, value: str | None) -> str | None:
+        if value:
+            check_url(value)  # DatabaseURLError is a ValueError: pydantic names the key
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -464,7 +486,38 @@ def _message(err: Any) -> str:
     if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         known = known_keys(err["loc"])
         return "unknown key" + (f"; known keys: {', '.join(known)}" if known else "")
+    if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        return str(err["ctx"]["error"])  # without pydantic's "Value error, " prefix
     return str(err["msg"])
+
+
+def _environment_json_problems(exc: SourceError, path: Path) -> list[str]:
+    """What pydantic-settings could not decode: the `TUTORD_*` variables under the field
+    it names whose value is not JSON (a table or a list is given as JSON there)."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    if match is None:
+        return [f"{path} or the {ENV_PREFIX}* environment: {exc}"]
+    field = match.group(1)
+    stem = ENV_PREFIX + field.upper()
+    problems = []
+    for var, value in sorted(os.environ.items()):
+        upper = var.upper()
+        if upper != stem and not upper.startswith(stem + "__"):
+            continue
+        if upper != stem and not value.lstrip().startswith(("{", "[")):
+            continue  # a scalar deeper down: not what failed to decode
+        try:
+            json.loads(value)
+        except ValueError as err:
+            key = upper[len(ENV_PREFIX) :].lower().replace("__", ".")
+            problems.append(
+                f"key '{key}' (${var}): not valid JSON ({err}); the environment gives a "
+                "table as a JSON object and a list as a JSON array"
+            )
+    if not problems:
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        problems.append(f"key '{field}' (in {path} or ${stem}): cannot be decoded{cause}")
+    return problems
 
 
 def load_settings(home: Path, **overrides: Any) -> Settings:
@@ -479,6 +532,8 @@ def load_settings(home: Path, **overrides: Any) -> Settings:
             raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
         except UnicodeDecodeError as exc:
             raise SettingsError(f"{path}: not UTF-8 text: {exc}") from exc
+        except OSError as exc:  # a folder, no permission, ...
+            raise SettingsError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
         toml_file = path
     problems = _per_run_problems(path, data)
 
@@ -489,6 +544,9 @@ def load_settings(home: Path, **overrides: Any) -> Settings:
 
     try:
         loaded = _FromFile(**overrides)
+    except SourceError as exc:  # an environment variable that is not the JSON it must be
+        problems.extend(_environment_json_problems(exc, path))
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from exc
     except ValidationError as exc:
         for err in exc.errors():
             key = _location(err["loc"])

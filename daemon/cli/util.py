@@ -17,8 +17,8 @@ from sqlalchemy.exc import OperationalError
 from daemon import migrate
 from daemon.adapters import AdapterStateError
 from daemon.home import Home, HomeError
-from daemon.settings import Settings, SettingsError
-from replay.db import make_engine
+from daemon.settings import CONFIG_FILENAME, ENV_PREFIX, Settings, SettingsError
+from replay.db import DatabaseURLError, make_engine
 from stages.registry import RegistryError
 
 EXIT_REFUSED = 1
@@ -49,8 +49,14 @@ class Context:
 
     @property
     def engine(self) -> Engine:
+        """The database's engine; a URL it cannot use (e.g. its driver is not installed) is
+        a `SettingsError` naming the key `database_url`."""
         if self._engine is None:
-            self._engine = make_engine(self.database_url)
+            try:
+                self._engine = make_engine(self.database_url)
+            except DatabaseURLError as exc:
+                where = f"in {self.home.root / CONFIG_FILENAME} or ${ENV_PREFIX}DATABASE_URL"
+                raise SettingsError(f"key 'database_url' ({where}): {exc}") from exc
         return self._engine
 
 

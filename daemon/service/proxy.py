@@ -339,12 +339,16 @@ class Upstream:
         return await client.send(request, stream=stream)
 
     async def _load(self, version: int) -> bool:
-        """Have the server load `version` under its name (as `daemon/cycle.py` does)."""
+        """Have the server load `version` under its name (as `daemon/cycle.py` does), once its
+        folder verifies (a server would read pickle weights a tampered folder holds)."""
         name = registry.version_name(version)
-        body = {
-            "lora_name": name,
-            "lora_path": str(registry.adapter_path(self.home.adapters, version)),
-        }
+        path = registry.adapter_path(self.home.adapters, version)
+        try:
+            await run_in_threadpool(registry.verify, path)
+        except registry.RegistryError as exc:
+            log.error("proxy: not loading %s on %s: %s", name, self.base_url, exc)
+            return False
+        body = {"lora_name": name, "lora_path": str(path)}
         try:
             answer = await self.client().post(f"{self.base_url}/v1/load_lora_adapter", json=body)
         except httpx.HTTPError as exc:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from stages import registry
 from stages.generate.api import AdapterRef, Chat, SamplingParams
 from stages.generate.chat import (
     decode_completion,
@@ -144,6 +145,7 @@ class TransformersBackend:
             return
         if not (adapter.path / "adapter_config.json").is_file():
             raise FileNotFoundError(f"no PEFT adapter (adapter_config.json) in {adapter.path}")
+        registry.check_weights(adapter.path)  # safetensors only: never a pickle
         from peft import PeftModel
 
         if self._peft is None:

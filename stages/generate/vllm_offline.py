@@ -19,6 +19,7 @@ from typing import Any
 
 from transformers import AutoTokenizer, GenerationConfig
 
+from stages import registry
 from stages.generate.api import AdapterRef, Chat, SamplingParams
 from stages.generate.chat import decode_completion, encode_prompts, stop_token_ids
 
@@ -109,6 +110,7 @@ class VLLMBackend:
             return known
         if not (adapter.path / "adapter_config.json").is_file():
             raise FileNotFoundError(f"no PEFT adapter (adapter_config.json) in {adapter.path}")
+        registry.check_weights(adapter.path)  # safetensors only: never a pickle
         request = LoRARequest(adapter.name, self._next_lora_id, str(adapter.path))
         self._next_lora_id += 1
         self._lora[adapter.name] = request
