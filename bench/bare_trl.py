@@ -60,7 +60,11 @@ def main() -> None:
     with open(a.data, encoding="utf-8") as fh:
         dataset = Dataset.from_list([json.loads(line) for line in fh if line.strip()])
     tokenizer = AutoTokenizer.from_pretrained(a.base)
-    model = AutoModelForCausalLM.from_pretrained(a.base, dtype=torch.float32)
+    # tutord's precision "auto": float32 on CPU, bfloat16 weights and bf16 on a GPU.
+    gpu = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(
+        a.base, dtype=torch.bfloat16 if gpu else torch.float32
+    )
     model = PeftModel.from_pretrained(model, a.adapter, is_trainable=True)
     common = dict(
         output_dir=f"{a.out}/checkpoints",
@@ -70,7 +74,7 @@ def main() -> None:
         seed=a.seed,
         save_strategy="no",
         report_to=[],
-        bf16=False,
+        bf16=gpu,
         gradient_checkpointing=False,
     )
     # Each stage imports only its own trainer, as a one-stage script would (and as tutord does).

@@ -92,9 +92,23 @@ def save_model(size: str, folder: Path) -> int:
     return parameter_count(model)
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+"""Both transformers sides run where tutord's backend runs by default, in its dtype."""
+
+
+def model_parameters(folder: Path) -> int:
+    """The parameter count of a model folder (tied weights once), built on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    return sum(p.numel() for p in model.parameters())
+
+
 def options(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     if kind == "transformers":
-        return {"device": "cpu", "batch_size": max(args.batch_sizes)}
+        return {"device": DEVICE, "batch_size": max(args.batch_sizes)}
     return {"gpu_memory_utilization": args.vllm_memory}
 
 
@@ -183,13 +197,14 @@ class BareTransformers(Side):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPE).to(DEVICE).eval()
 
     def encode(self, chats: list[Chat]) -> dict[str, torch.Tensor]:
         texts = self.tokenizer.apply_chat_template(
             chats, add_generation_prompt=True, tokenize=False
         )
-        return self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+        batch = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+        return {k: v.to(DEVICE) for k, v in batch.items()}
 
     def run(self, chats: list[Chat], new_tokens: int) -> int:
         batch = self.encode(chats)
@@ -302,6 +317,8 @@ def time_sides(
             for side in sides if i % 2 == 0 else list(reversed(sides)):
                 started = time.perf_counter()
                 tokens = side.run(chats, args.new_tokens)
+                if DEVICE == "cuda":
+                    torch.cuda.synchronize()
                 row[side.name].seconds.append(time.perf_counter() - started)
                 row[side.name].tokens.append(tokens)
         for side in sides:
@@ -445,6 +462,8 @@ def main() -> None:
             )
     if args.json is not None:
         record = {
+            "device": DEVICE,
+            "parameters": model_parameters(args.model) if args.model is not None else None,
             "new_tokens": args.new_tokens,
             "repeat": args.repeat,
             "cells": [

@@ -28,6 +28,16 @@ end-of-run checkpoint); for generation tutord's seconds per token / the bare sid
 the median call times. A short run on a busy machine measures start-up and noise as much as
 steady-state speed: use more `--steps` and `--repeats` before reading a few percent into it.
 
+On a GPU (CUDA), both sides of every comparison run there in bfloat16 (tutord's precision
+"auto"), and the summary adds per side the tokens/s and the model FLOPs utilization (MFU):
+model FLOPs per second over the device's peak bf16 dense rate (`--peak-tflops`; 989 for an
+H100 or H200 by default). Model FLOPs are counted from N, the model's parameter count (tied
+embeddings once): LoRA SFT 4N per token (forward 2N, backward through the activations 2N;
+the frozen weights get no gradient), DPO 6N per token (the same for the policy on both
+sequences, plus the reference's forward), generation 2N per new token; attention's own
+FLOPs and LoRA's are left out (small at these lengths). Training tokens are the examples'
+mean chat-template length times batch times steps, over the seconds in `trainer.train()`.
+
 What it does not measure: model quality, and the per-cycle task / retention / judge figures of
 the demo on a real model -- those come from `tutord demo --model FOLDER` (reports/demo.json).
 
@@ -136,6 +146,56 @@ def generate_rows(record: dict[str, Any]) -> list[tuple[str, str, str, float]]:
     return rows
 
 
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
+"""Dense bf16 peak by device name (NVIDIA's figures for the SXM parts)."""
+FLOPS_PER_TOKEN = {"sft": 4, "dpo": 6, "generate": 2}
+"""Model FLOPs per token in units of N (see the module docstring)."""
+
+
+def gpu_rows(
+    trained: dict[str, Any] | None, generated: dict[str, Any] | None, peak: float | None
+) -> list[tuple[str, str, str, str, str]]:
+    """(work, tutord tokens/s, bare tokens/s, tutord MFU, bare MFU) on the GPU."""
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def mfu(tokens_per_s: float, kind: str, params: int) -> str:
+        if peak is None:
+            return "-"
+        return f"{tokens_per_s * FLOPS_PER_TOKEN[kind] * params / (peak * 1e12) * 100:.3g}%"
+
+    if trained is not None and trained.get("device") == "cuda":
+        params = trained["parameters"]
+        for stage, f in trained["stages"].items():
+            tokens = f["steps"] * f["batch"] * (f["tokens_per_example"] or 0)
+            rates = [tokens / statistics.median(f[f"{side}_train_s"]) for side in SIDES]
+            rows.append(
+                (
+                    f"{NAMES[stage]} {f['steps']} steps x {f['batch']} {UNITS[stage]}",
+                    *(f"{r:,.0f}" for r in rates),
+                    *(mfu(r, stage, params) for r in rates),
+                )
+            )
+    if generated is not None and generated.get("device") == "cuda":
+        params = generated["parameters"]
+        cells = {(c["side"], c["batch"]): c for c in generated["cells"]}
+        for (side, batch), a in cells.items():
+            b = cells.get((f"bare-{side}", batch))
+            if side.startswith("bare-") or b is None:
+                continue
+            rates = [a["tokens_per_s"], b["tokens_per_s"]]
+            rows.append(
+                (
+                    f"generate {side}, batch {batch}",
+                    *(f"{r:,.0f}" for r in rates),
+                    *(mfu(r, "generate", params) for r in rates),
+                )
+            )
+    return rows
+
+
+SIDES = ("tutord", "bare")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -164,6 +224,12 @@ def main() -> None:
         action="store_true",
         help="enable LoRA in the bare vLLM engine too, as tutord's backend always does",
     )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the GPU's peak bf16 dense TFLOP/s, for MFU (default: known for H100 and H200)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = parser.parse_args()
     if not (args.model / "config.json").is_file():
@@ -189,6 +255,7 @@ def main() -> None:
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     rows: list[tuple[str, str, str, float]] = []
     results: list[Any] = []
+    trained = generated = None
     with tempfile.TemporaryDirectory(prefix="tutord-bench-real-") as tmp:
         if stages:
             trained = run_script(
@@ -225,6 +292,15 @@ def main() -> None:
     print("|" + " --- |" * len(header))
     for label, ours, bare, overhead in rows:
         print(f"| {label} | {ours} | {bare} | {overhead:+.1f}% | {verdict(overhead)} |")
+    on_gpu = gpu_rows(trained, generated, peak_tflops(args.peak_tflops))
+    if on_gpu:
+        device, peak = gpu_name(), peak_tflops(args.peak_tflops)
+        print(f"\nOn the GPU ({device}, peak {peak or '?'} bf16 TFLOP/s; MFU as in the docstring):")
+        header2 = ("work", "tutord tokens/s", "bare tokens/s", "tutord MFU", "bare MFU")
+        print("| " + " | ".join(header2) + " |")
+        print("|" + " --- |" * len(header2))
+        for row in on_gpu:
+            print("| " + " | ".join(row) + " |")
     if args.json is not None:
         summary = [
             {"comparison": r[0], "tutord": r[1], "bare": r[2], "overhead_pct": r[3]} for r in rows
@@ -232,6 +308,20 @@ def main() -> None:
         args.json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     if None in results:
         sys.exit(1)
+
+
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+
+
+def peak_tflops(given: float | None) -> float | None:
+    """`given`, else the known peak of this GPU by name, else None (MFU not shown)."""
+    if given is not None:
+        return given
+    name = gpu_name()
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
 if __name__ == "__main__":

@@ -179,11 +179,35 @@ def build_world(
         ],
         "rl": [{"prompt": p.messages(), "reference": p.answer, "task": "add"} for p in problems],
     }
+    global TOKENS_PER_EXAMPLE
+    TOKENS_PER_EXAMPLE = example_tokens(base, rows)
     files = {}
     for stage, data in rows.items():
         files[stage] = root / f"{stage}.jsonl"
         files[stage].write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
     return base, parent, files, params
+
+
+TOKENS_PER_EXAMPLE: dict[str, float] = {}
+"""Mean tokens a training example puts through the model, per stage (for MFU on a GPU)."""
+
+
+def example_tokens(base: Path, rows: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """Mean tokens per training example, rendered by the base's chat template: an SFT chat;
+    a DPO pair's two sequences (prompt + chosen, prompt + rejected)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+
+    def length(messages: list[dict[str, str]]) -> int:
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
+        return len(ids["input_ids"])
+
+    sft = [length(r["messages"]) for r in rows["sft"]]
+    dpo = [
+        length(r["prompt"] + r["chosen"]) + length(r["prompt"] + r["rejected"]) for r in rows["dpo"]
+    ]
+    return {"sft": statistics.fmean(sft), "dpo": statistics.fmean(dpo)}
 
 
 def fresh_registry(folder: Path, parent: Path, base: Path) -> Path:
@@ -377,6 +401,7 @@ def main() -> None:
     steps = parse_steps(args.steps, "base" if args.base else args.size, stages)
 
     import datasets
+    import torch
     from transformers.utils import logging as hf_logging
 
     datasets.disable_progress_bars()
@@ -446,6 +471,7 @@ def main() -> None:
                     for key in ("wall_s", "cpu_s", "train_s")
                 },
                 "max_weight_diff": diff,
+                "tokens_per_example": TOKENS_PER_EXAMPLE.get(stage),
             }
             unit = {"sft": "chats", "dpo": "pairs", "rl": "completions"}[stage]
             name = {"sft": "SFT", "dpo": "DPO", "rl": "RL (GRPO)"}[stage]
@@ -487,7 +513,12 @@ def main() -> None:
         for note in NOTES:
             print(textwrap.fill(note, width=100))
         if args.json is not None:
-            record = {"model": model_name, "parameters": params, "repeats": args.repeats}
+            record = {
+                "model": model_name,
+                "parameters": params,
+                "repeats": args.repeats,
+                "device": "cuda" if torch.cuda.is_available() else "cpu",
+            }
             args.json.write_text(json.dumps({**record, "stages": figures}, indent=1) + "\n")
     finally:
         if tmp is not None:

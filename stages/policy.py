@@ -247,7 +247,10 @@ def check_reference(trainer: Any, parent: dict[str, torch.Tensor] | None) -> str
     from peft import get_peft_model_state_dict
 
     ref = get_peft_model_state_dict(model, adapter_name=REF_ADAPTER)
-    if set(ref) != set(parent) or any(not torch.equal(ref[k], parent[k]) for k in parent):
+    # The parent's tensors come from its file (CPU); the model may be on a GPU, in its dtype.
+    if set(ref) != set(parent) or any(
+        not torch.equal(ref[k].cpu(), parent[k].to(ref[k].dtype)) for k in parent
+    ):
         raise RuntimeError(f"the '{REF_ADAPTER}' adapter differs from the parent adapter")
     if any(p.requires_grad for n, p in model.named_parameters() if f".{REF_ADAPTER}." in n):
         raise RuntimeError(f"the '{REF_ADAPTER}' adapter is trainable")
