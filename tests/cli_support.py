@@ -1,4 +1,6 @@
-"""Running `tutord` as a real subprocess in tests, with extra environment variables."""
+"""Running `tutord` in tests: as a real subprocess with extra environment variables, and an
+initialized home on SQLite or PostgreSQL for in-process CLI tests (the fixture `home`,
+imported as `cli_home`, and `both_backends`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,31 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from daemon.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(name="home")
+def cli_home(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """An initialized home; on the PostgreSQL run its database is a fresh PG schema."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        monkeypatch.setenv("TUTORD_DATABASE_URL", request.getfixturevalue("pg_url"))
+    h = tmp_path / "home"
+    result = runner.invoke(app, ["--home", str(h), "init"])
+    assert result.exit_code == 0, result.output
+    return h
+
+
+both_backends = pytest.mark.parametrize(
+    "home", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
 
 
 def run_tutord(

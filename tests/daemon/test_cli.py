@@ -7,33 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from daemon import migrate
 from daemon.cli import app
+from tests.cli_support import both_backends, cli_home, runner  # noqa: F401 (the home fixture)
 
-runner = CliRunner()
 GOOD = {
     "messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}],
     "task": "add",
     "feedback": {"rating": 1},
 }
-
-
-@pytest.fixture
-def home(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An initialized home; on the PostgreSQL run its database is a fresh PG schema."""
-    if getattr(request, "param", "sqlite") == "postgresql":
-        monkeypatch.setenv("TUTORD_DATABASE_URL", request.getfixturevalue("pg_url"))
-    h = tmp_path / "home"
-    result = runner.invoke(app, ["--home", str(h), "init"])
-    assert result.exit_code == 0, result.output
-    return h
-
-
-both_backends = pytest.mark.parametrize(
-    "home", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
-)
 
 
 def tutord(home: Path, *args: str) -> tuple[int, str, str]:

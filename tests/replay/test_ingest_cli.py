@@ -19,28 +19,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 from rich.progress import Progress
-from typer.testing import CliRunner
 
 from daemon.cli import _progress_factory, app
+from tests.cli_support import both_backends, cli_home, runner  # noqa: F401 (the home fixture)
 from tests.replay.test_ingest import interaction
-
-runner = CliRunner()
-
-
-@pytest.fixture
-def home(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An initialized home; on the PostgreSQL run its database is a fresh PG schema."""
-    if request.param == "postgresql":
-        monkeypatch.setenv("TUTORD_DATABASE_URL", request.getfixturevalue("pg_url"))
-    h = tmp_path / "home"
-    result = runner.invoke(app, ["--home", str(h), "init"])
-    assert result.exit_code == 0, result.output
-    return h
-
-
-both_backends = pytest.mark.parametrize(
-    "home", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
-)
 
 
 def tutord(home: Path, *args: str) -> tuple[int, str, str]:
