@@ -62,7 +62,10 @@ from stages.generate.api import GenerationBackend
 log = logging.getLogger(__name__)
 
 COMPACT_RUBRIC_BELOW = 512
-"""A judge whose context is shorter than this many tokens gets the compact rubric prompt."""
+"""A served judge (no tokenizer here) whose context is shorter than this many tokens gets the
+compact rubric prompt."""
+RUBRIC_QUESTION_ALLOWANCE = 128
+"""Tokens left for the question in the full rubric prompt when deciding whether it fits."""
 
 
 @dataclass(frozen=True)
@@ -360,12 +363,42 @@ def store(
         )
 
 
-def _default_template(home: Home, settings: Settings) -> str:
-    """The rubric prompt; the compact one for a judge whose context is too short for the
-    full rubric (the embedded world's model reads 128 characters)."""
+def _default_template(home: Home, settings: Settings, judge: GenerationBackend) -> str:
+    """The rubric prompt: the full one when it fits the judge's context, else the compact one.
+
+    With the judge's tokenizer at hand (a local backend), the full rubric fits when its
+    rendered chat, in the judge's own tokens, leaves room for the question
+    (`RUBRIC_QUESTION_ALLOWANCE`), the answer (`synth.max_new_tokens`) and the verdict
+    (`judge.max_new_tokens`) within the context: a 512-token model with a small vocabulary
+    may need 1,000 tokens for the rubric alone, past the positions it has (vLLM refuses such
+    a prompt; transformers reads it with positions it never learnt). Without a tokenizer (a
+    served judge) only the context length decides: compact below `COMPACT_RUBRIC_BELOW`
+    tokens (the embedded world's model reads 128 characters).
+    """
     judge_model = settings.judge.base or base_model(home, settings)
     length = context_length(judge_model)
-    if length is not None and length < COMPACT_RUBRIC_BELOW:
+    if length is None:
+        return POINTWISE_TEMPLATE
+    tokenizer = getattr(judge, "tokenizer", None)
+    if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+        return COMPACT_POINTWISE_TEMPLATE if length < COMPACT_RUBRIC_BELOW else POINTWISE_TEMPLATE
+    from stages.generate.chat import encode_prompts
+
+    rubric = POINTWISE_TEMPLATE.format(prompt="", response="")
+    [ids] = encode_prompts(tokenizer, [[{"role": "user", "content": rubric}]])
+    needed = (
+        len(ids)
+        + RUBRIC_QUESTION_ALLOWANCE
+        + settings.synth.max_new_tokens
+        + settings.judge.max_new_tokens
+    )
+    if needed > length:
+        log.info(
+            "the judge's context (%d tokens) is too short for the full rubric (%d tokens with "
+            "room for a question, an answer and the verdict): the compact rubric",
+            length,
+            needed,
+        )
         return COMPACT_POINTWISE_TEMPLATE
     return POINTWISE_TEMPLATE
 
@@ -432,7 +465,8 @@ def run_synth(
                 temperature=j.temperature,
                 max_new_tokens=j.max_new_tokens,
                 seed=seed,
-                template=j.pointwise_template or _default_template(home, settings),
+                template=j.pointwise_template
+                or _default_template(home, settings, separate_judge or policy),
                 name=judge_name,
             )
         result = synthesize(

@@ -107,7 +107,29 @@ def _make_lm(backend: Backend, args: dict[str, Any]) -> Any:
                 config.max_new_tokens,
             )
             config.max_new_tokens = None
+        tokenizer = getattr(lm, "tokenizer", None)
+        if config is not None and tokenizer is not None:
+            _stop_at_end_of_turn(config, tokenizer)
     return lm
+
+
+def _stop_at_end_of_turn(config: Any, tokenizer: Any) -> None:
+    """Make the hf model's generation stop where tutord's backends stop: at the chat
+    template's end-of-turn token too (`stages.generate.chat.stop_token_ids`).
+
+    lm-eval stops at the tokenizer's eos (as a string, checked on the decoded text) and at
+    the generation config's eos ids. A base model that ships a chat template (Qwen2's base
+    models: eos `<|endoftext|>`, every turn ended by `<|im_end|>`) names its end of turn in
+    neither, so its answers would run on past the turn to `max_gen_toks`, and the grader
+    would read the text after it as part of the answer."""
+    from stages.generate.chat import stop_token_ids
+
+    configured = config.eos_token_id
+    current = [configured] if isinstance(configured, int) else list(configured or [])
+    wanted = stop_token_ids(tokenizer, config)
+    if set(wanted) - set(current):
+        log.info("generation_config.eos_token_id %s -> %s (the end of turn)", current, wanted)
+        config.eos_token_id = wanted
 
 
 def _close_lm(lm: Any) -> None:

@@ -185,7 +185,8 @@ class SFTStageConfig:
     gradient_accumulation_steps: Count = 1
     """Micro-batches per optimizer step."""
     max_length: Count = 1024
-    """Longest tokenized chat; longer ones are truncated."""
+    """Longest tokenized chat; longer ones are truncated. Capped at the model's context
+    (`max_position_embeddings`)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more time)."""
     precision: Precision = "auto"
@@ -264,7 +265,8 @@ class DPOStageConfig:
     gradient_accumulation_steps: Count = 1
     """Micro-batches per optimizer step."""
     max_length: Count = 1024
-    """Longest tokenized prompt + completion; longer ones are truncated."""
+    """Longest tokenized prompt + completion; longer ones are truncated. Capped at the
+    model's context (`max_position_embeddings`)."""
     beta: NonNegative = 0.1
     """DPO's beta: how far the policy may move from the reference (the production policy)."""
     sft_weight: NonNegative = 1.0

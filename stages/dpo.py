@@ -61,7 +61,7 @@ def setup(config: DPOStageConfig) -> DPOSession:
     parent = policy.trainable_adapter_state(inputs.model) if inputs.peft_config is None else None
     args = DPOConfig(
         **stage_run.training_kwargs(config, bf16=inputs.bf16),
-        max_length=config.max_length,
+        max_length=stage_run.capped_max_length(config.max_length, inputs.model),
         beta=config.beta,
         loss_type=["sigmoid", "sft"] if config.sft_weight else ["sigmoid"],
         loss_weights=[1.0, config.sft_weight] if config.sft_weight else None,

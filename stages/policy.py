@@ -93,14 +93,21 @@ def load_policy(
     reference policy. Without one: the bare base and `lora`, which TRL applies (the
     reference is then the base with the adapter disabled, i.e. the production policy).
     A parent adapter holding pickle-based weights, or none in safetensors, is refused
-    (`registry.check_weights`) before anything loads.
+    (`registry.check_weights`) before anything loads. The model's generation config lists
+    the chat template's end-of-turn token among its eos ids (`stop_token_ids`).
     """
     if parent_adapter is not None:
         registry.check_weights(Path(parent_adapter))  # safetensors only: never a pickle
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from stages.generate.chat import stop_token_ids
+
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    # What the RL stage generates stops where tutord's backends stop: at the chat template's
+    # end of turn too (TRL's GRPO stops at these ids and the tokenizer's eos only; a base
+    # model with a chat template, such as Qwen2's, names its end of turn in neither).
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer, model.generation_config)
     if parent_adapter is None:
         return model, lora, tokenizer
     from peft import LoraConfig, PeftModel

@@ -83,7 +83,7 @@ def setup(config: SFTStageConfig) -> SFTSession:
         dataset = training_data.to_dataset([to_prompt_completion(r) for r in inputs.rows])
     args = SFTConfig(
         **stage_run.training_kwargs(config, bf16=inputs.bf16),
-        max_length=config.max_length,
+        max_length=stage_run.capped_max_length(config.max_length, inputs.model),
         assistant_only_loss=loss_mode == "assistant_only",
         completion_only_loss=True if loss_mode == "completion_only" else None,
         packing=False,

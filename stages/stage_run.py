@@ -3,7 +3,7 @@ publishing the adapter, and `result.json`.
 
 - `begin`: the required fields, threads, the output folder and a copy of the config;
   `training_kwargs` / `quiet`: the `TrainingArguments` every stage sets the same way, and no
-  stdout printer.
+  stdout printer; `capped_max_length`: a stage's `max_length`, at most the model's context.
 - `load_inputs`: what every stage loads the same way (parent version, training rows, policy
   through `stages.policy`); `build_run`: the monitor and the stage's TRL trainer, built alike,
   as a `StageRun` with the checkpoint to resume from (`make_monitor` / `find_resume`).
@@ -87,6 +87,21 @@ def training_kwargs(config: Any, *, bf16: bool) -> dict[str, Any]:
         # LoRA uses every trainable parameter each step; the frozen "ref" copy is not in DDP.
         "ddp_find_unused_parameters": False,
     }
+
+
+def capped_max_length(configured: int, model: Any) -> int:
+    """The longest tokenized row to train on: the configured `max_length`, or the model's
+    context (`max_position_embeddings`, or `n_positions` in GPT-2-style configs) when that is
+    shorter. A row kept longer than the model's context would train positions the model never
+    had (rotary models extrapolate silently; learned positions fail with an index error)."""
+    config = getattr(model, "config", None)
+    context = getattr(config, "max_position_embeddings", None) or getattr(
+        config, "n_positions", None
+    )
+    if isinstance(context, int) and 0 < context < configured:
+        log.info("max_length %d capped at the model's context, %d tokens", configured, context)
+        return context
+    return configured
 
 
 def quiet(trainer: Any) -> None:

@@ -2,7 +2,9 @@
 
 Every backend renders prompts the same way (the tokenizer's chat template with the
 assistant turn opened, then tokenized without adding special tokens again, as vLLM's chat
-endpoint does), so they all see identical token ids. Nothing here loads a model.
+endpoint does), so they all see identical token ids. Generation stops at the token the
+chat template ends an assistant turn with, whatever the tokenizer calls its eos, and at the
+eos ids the tokenizer and the generation config name. Nothing here loads a model.
 """
 
 from __future__ import annotations
@@ -45,11 +47,52 @@ def encode_completions(
     return [[*ids, end_id] for ids in encoded]
 
 
+_TURN_PROBE = "tutord-end-of-turn-probe"
+
+
+def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token the chat template writes right after an assistant message's content
+    (`<|im_end|>` in ChatML, `<|eot_id|>` in Llama 3, the world's `<|end|>`), or None when
+    the template writes no special token there (or cannot render a user/assistant exchange).
+
+    It need not be the tokenizer's eos: a base model that ships a chat template (Qwen2's
+    base models: eos `<|endoftext|>`, turns ended by `<|im_end|>`) says its turns end with a
+    token its eos never names, and generation that stops only at the eos runs past the end
+    of the answer.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    chat = [
+        {"role": "user", "content": "Hello?"},
+        {"role": "assistant", "content": _TURN_PROBE},
+    ]
+    try:
+        text = str(tokenizer.apply_chat_template(chat, tokenize=False))
+    except Exception:  # a template that refuses this exchange: no answer, not an error
+        return None
+    at = text.find(_TURN_PROBE)
+    if at < 0:
+        return None
+    after = tokenizer(text[at + len(_TURN_PROBE) :], add_special_tokens=False)["input_ids"]
+    if not after:
+        return None
+    special = set(tokenizer.all_special_ids) | {
+        int(i) for i, t in tokenizer.added_tokens_decoder.items() if t.special
+    }
+    return int(after[0]) if int(after[0]) in special else None
+
+
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_config: Any = None) -> list[int]:
-    """The ids generation stops at: the tokenizer's eos (end of turn) first, then any eos ids of
-    the model's generation config (some chat models list several)."""
+    """The ids generation stops at: the chat template's end-of-turn token first
+    (`end_of_turn_id`), then the tokenizer's eos, then any eos ids of the model's generation
+    config (some chat models list several). The first is the end of turn that scoring
+    appends after a completion."""
     ids: list[int] = []
-    if tokenizer.eos_token_id is not None:
+    turn_end = end_of_turn_id(tokenizer)
+    if turn_end is not None:
+        ids.append(turn_end)
+    if tokenizer.eos_token_id is not None and int(tokenizer.eos_token_id) not in ids:
         ids.append(int(tokenizer.eos_token_id))
     configured = getattr(generation_config, "eos_token_id", None)
     if isinstance(configured, int):
