@@ -11,7 +11,8 @@ fails the cycle instead, with the reason and, for production, what to run
 lease).
 
 The work of each step lives elsewhere (`daemon/synth_run.py`, `daemon/assemble.py`,
-`stages.launch`, `evals/`, `daemon/adapters.py`); this module sequences and records.
+`stages.launch`, `evals/`, `daemon/adapters.py`, `daemon/adapter_serving.py`); this module
+sequences and records.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from daemon import adapters, lease
+from daemon.adapter_serving import serve_adapter
 from daemon.assemble import assemble, fresh_rows, newest
 from daemon.gatekeeper import evaluate_and_gate
 from daemon.home import Home
 from daemon.memory import remember
 from daemon.models import AdapterVersion, Cycle, GateDecision
 from daemon.policy import base_model, policy_backend, production_adapter
-from daemon.production_check import production_refusal
+from daemon.production_check import lora_shape_problem, refused_reason
 from daemon.rehearsal import ensure_rehearsal
 from daemon.report import record_snapshot
 from daemon.settings import Settings
@@ -50,9 +52,7 @@ from replay.db import session_scope
 from replay.models import ReplayItem, SynthRun, utcnow
 from stages import registry
 from stages.configs import STAGE_CONFIGS, StageConfig
-from stages.generate.api import AdapterRef, SamplingParams
 from stages.launch import LaunchConfig, run_stage
-from stages.policy import parent_lora_problem
 from stages.stage_io import write_config
 
 log = logging.getLogger(__name__)
@@ -254,26 +254,10 @@ def _stage_config(ctx: _Ctx, cycle: Cycle, version: int) -> Path:
     )
 
 
-def lora_shape_problem(ctx: _Ctx, cycle: Cycle) -> str | None:
-    """Why `[train.<stage>]`'s LoRA shape cannot continue the production adapter, which keeps
-    its own (a stage would refuse it; None when they agree or there is no adapter)."""
-    parent = production_adapter(ctx.engine, ctx.home)
-    if parent is None or cycle.stage not in STAGE_CONFIGS:
-        return None
-    configured: StageConfig = getattr(ctx.settings.train, cycle.stage)
-    return parent_lora_problem(
-        parent.path,
-        r=configured.lora_r,
-        alpha=configured.lora_alpha,
-        target_modules=configured.target_modules,
-        prefix=f"train.{cycle.stage}.",
-    )
-
-
 def _train(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
     version = cycle.candidate_version
     if version is None:
-        problem = lora_shape_problem(ctx, cycle)
+        problem = lora_shape_problem(ctx.engine, ctx.home, ctx.settings, cycle.stage)
         if problem is not None:  # refused before a version is reserved: nothing to resume
             return StepOutcome(state="failed", outcome="failed", outcome_reason=problem)
         version = _next_version(ctx.engine)
@@ -346,7 +330,7 @@ def _decide(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
     if current != cycle.candidate_version:
         # The server loads and answers with the adapter before production (and the
         # proxy's alias) moves to it, so no request is sent to a name it does not know.
-        _serve(ctx, cycle.candidate_version)
+        serve_adapter(ctx.home, ctx.settings, cycle.candidate_version)
         adapters.move_production(
             ctx.engine,
             cycle.candidate_version,
@@ -357,36 +341,11 @@ def _decide(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
             expect_from=cycle.parent_version,
         )
     else:  # resumed after the move: make sure the server has it
-        _serve(ctx, cycle.candidate_version)
+        serve_adapter(ctx.home, ctx.settings, cycle.candidate_version)
     _join_replay(ctx, cycle)
     ctx.say(f"  {name} promoted to production")
     fault_point("decide")
     return StepOutcome(outcome="promoted", outcome_reason=gate.reason)
-
-
-def _serve(ctx: _Ctx, version: int) -> None:
-    """Load an adapter about to be promoted into the configured OpenAI-compatible server and
-    check that it answers with it."""
-    if ctx.settings.model.backend != "openai" or not ctx.settings.model.server_url:
-        return
-    from stages.generate.openai_http import OpenAIBackend
-
-    client = OpenAIBackend(
-        base_model(ctx.home, ctx.settings), base_url=ctx.settings.model.server_url
-    )
-    name = registry.version_name(version)
-    path = registry.adapter_path(ctx.home.adapters, version)
-    try:
-        registry.verify(path)  # the server loads what the folder holds, pickles included
-        client.load_adapter(name, path)
-        # It must answer under that name before production (and the proxy) moves to it.
-        client.generate(
-            [[{"role": "user", "content": "ping"}]],
-            SamplingParams(max_new_tokens=1),
-            adapter=AdapterRef(name, path),
-        )
-    finally:
-        client.close()
 
 
 def _join_replay(ctx: _Ctx, cycle: Cycle) -> None:
@@ -436,8 +395,7 @@ def _run_step(ctx: _Ctx, cycle: Cycle, step: str) -> StepOutcome:
 def _refused(ctx: _Ctx, step: str, exc: registry.RegistryError) -> StepOutcome:
     """A step met an adapter the registry refuses (tampered, linked, pickle-based): the
     cycle fails with the reason, and when it is production's, with what to run."""
-    refusal = production_refusal(ctx.engine, ctx.home.adapters)
-    reason = refusal.message() if refusal else f"{step}: adapter refused: {exc}"
+    reason = refused_reason(ctx.engine, ctx.home.adapters, step, exc)
     ctx.say(f"  {reason}")
     return StepOutcome(state="failed", outcome="failed", outcome_reason=reason)
 

@@ -4,7 +4,8 @@ Precedence, highest first: values passed in code, `TUTORD_*` environment variabl
 (nested keys joined by `__`, e.g. `TUTORD_INGEST__BATCH_SIZE`), `tutord.toml`, defaults.
 Unknown keys and bad values raise `SettingsError`, whose message names the key (and the
 file or the environment variable): also an unreadable file, an environment variable that
-is not the JSON its table or list needs, and a `database_url` tutord cannot use.
+is not the JSON its table or list needs, and a `database_url` tutord cannot use (these
+messages are built in `daemon/settings_env.py`).
 
 The tables `[synth]`, `[train.sft]`, `[train.dpo]` and `[train.rl]` are the config
 dataclasses themselves (`judges.synth.SynthConfig`, `stages.configs.*StageConfig`), validated
@@ -15,12 +16,7 @@ these declarations. This module does not create the home folder (see `daemon/hom
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import re
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -41,13 +37,18 @@ from pydantic_settings import (
 from pydantic_settings import SettingsError as SourceError
 
 from daemon.curriculum import CurriculumSettings
+from daemon.settings_env import (
+    ENV_PREFIX,
+    environment_json_problems,
+    per_run_problems,
+    validation_problems,
+)
 from daemon.task_settings import TASK_NAME_PATTERN, TaskSettings
 from judges.synth import SynthConfig
 from replay.db import check_url
-from stages.configs import DPOStageConfig, RLStageConfig, SFTStageConfig, per_run_fields
+from stages.configs import DPOStageConfig, RLStageConfig, SFTStageConfig
 
 CONFIG_FILENAME = "tutord.toml"
-ENV_PREFIX = "TUTORD_"
 
 
 class SettingsError(Exception):
@@ -412,114 +413,6 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc)
-
-
-def per_run_keys(
-    data: Mapping[str, Any], model: type[BaseModel] = Settings, prefix: str = ""
-) -> Iterator[tuple[str, str]]:
-    """The dotted keys in `data` (raw file or environment values) that name a per-run field of
-    a config dataclass (`stages.configs.per_run`), each with where its value comes from."""
-    for name, value in data.items():
-        info = model.model_fields.get(name)
-        if info is None or not isinstance(value, Mapping):
-            continue
-        kind = info.annotation
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
-            yield from per_run_keys(value, kind, f"{prefix}{name}.")
-        elif isinstance(kind, type) and dataclasses.is_dataclass(kind):
-            fixed = per_run_fields(kind)
-            for key in value:
-                if key in fixed:
-                    yield f"{prefix}{name}.{key}", fixed[key]
-
-
-def _environment_tree() -> dict[str, Any]:
-    """`TUTORD_*` variables as nested keys, the way pydantic-settings reads them."""
-    tree: dict[str, Any] = {}
-    for var, value in os.environ.items():
-        if not var.upper().startswith(ENV_PREFIX):
-            continue
-        *parents, leaf = var[len(ENV_PREFIX) :].lower().split("__")
-        node: Any = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                break
-        else:
-            node[leaf] = value
-    return tree
-
-
-def _per_run_problems(path: Path, data: Mapping[str, Any]) -> list[str]:
-    """A message for every per-run field that the file or the environment sets."""
-    problems = []
-    for in_file, tree in ((True, data), (False, _environment_tree())):
-        for key, hint in per_run_keys(tree):
-            source = f"in {path}" if in_file else "$" + ENV_PREFIX + key.upper().replace(".", "__")
-            comes = f" (from {hint})" if hint else ""
-            problems.append(
-                f"key '{key}' ({source}): tutord sets this for each run{comes}; remove it"
-            )
-    return problems
-
-
-def known_keys(loc: Sequence[int | str], model: type[BaseModel] = Settings) -> list[str] | None:
-    """The keys the table at `loc` (a key's location, the key itself last) accepts, or None
-    when `loc` does not lead through known tables."""
-    kind: Any = model
-    for part in loc[:-1]:
-        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
-            return None
-        info = kind.model_fields.get(str(part))
-        kind = info.annotation if info is not None else None
-    if isinstance(kind, type) and issubclass(kind, BaseModel):
-        return list(kind.model_fields)
-    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-        fixed = per_run_fields(kind)
-        return [f.name for f in dataclasses.fields(kind) if f.name not in fixed]
-    return None
-
-
-def _message(err: Any) -> str:
-    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-        known = known_keys(err["loc"])
-        return "unknown key" + (f"; known keys: {', '.join(known)}" if known else "")
-    if err["type"] == "value_error" and "error" in err.get("ctx", {}):
-        return str(err["ctx"]["error"])  # without pydantic's "Value error, " prefix
-    return str(err["msg"])
-
-
-def _environment_json_problems(exc: SourceError, path: Path) -> list[str]:
-    """What pydantic-settings could not decode: the `TUTORD_*` variables under the field
-    it names whose value is not JSON (a table or a list is given as JSON there)."""
-    match = re.search(r'field "([^"]+)"', str(exc))
-    if match is None:
-        return [f"{path} or the {ENV_PREFIX}* environment: {exc}"]
-    field = match.group(1)
-    stem = ENV_PREFIX + field.upper()
-    problems = []
-    for var, value in sorted(os.environ.items()):
-        upper = var.upper()
-        if upper != stem and not upper.startswith(stem + "__"):
-            continue
-        if upper != stem and not value.lstrip().startswith(("{", "[")):
-            continue  # a scalar deeper down: not what failed to decode
-        try:
-            json.loads(value)
-        except ValueError as err:
-            key = upper[len(ENV_PREFIX) :].lower().replace("__", ".")
-            problems.append(
-                f"key '{key}' (${var}): not valid JSON ({err}); the environment gives a "
-                "table as a JSON object and a list as a JSON array"
-            )
-    if not problems:
-        cause = f": {exc.__cause__}" if exc.__cause__ else ""
-        problems.append(f"key '{field}' (in {path} or ${stem}): cannot be decoded{cause}")
-    return problems
-
-
 def load_settings(home: Path, **overrides: Any) -> Settings:
     """Read `home/tutord.toml` (if present) and the environment into a `Settings`."""
     path = home / CONFIG_FILENAME
@@ -535,7 +428,7 @@ def load_settings(home: Path, **overrides: Any) -> Settings:
         except OSError as exc:  # a folder, no permission, ...
             raise SettingsError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
         toml_file = path
-    problems = _per_run_problems(path, data)
+    problems = per_run_problems(path, data, Settings)
 
     class _FromFile(Settings):
         pass
@@ -545,13 +438,10 @@ def load_settings(home: Path, **overrides: Any) -> Settings:
     try:
         loaded = _FromFile(**overrides)
     except SourceError as exc:  # an environment variable that is not the JSON it must be
-        problems.extend(_environment_json_problems(exc, path))
+        problems.extend(environment_json_problems(exc, path))
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from exc
     except ValidationError as exc:
-        for err in exc.errors():
-            key = _location(err["loc"])
-            env = ENV_PREFIX + key.upper().replace(".", "__")
-            problems.append(f"key '{key}' (in {path} or ${env}): {_message(err)}")
+        problems.extend(validation_problems(exc, path, Settings))
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from exc
     if problems:
         raise SettingsError("invalid configuration: " + "; ".join(problems))

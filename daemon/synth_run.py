@@ -7,7 +7,8 @@ feedback into data with `judges.feedback` (feedback the task contradicts, by its
 its answer format, is counted, not trained on), teaches the self-judge from answers of known quality
 (`judges.judge_training`), and stores samples, judgments,
 SFT examples and preference pairs with their provenance (run, adapter, scorers, raw
-verdicts) in one transaction. The scoring itself is in `judges/`.
+verdicts) in one transaction. The scoring itself is in `judges/`; the rubric prompt the judge
+gets and the tasks' graders are picked in `daemon/synth_scoring.py`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -23,19 +23,13 @@ from sqlalchemy import Engine, select
 
 from daemon import adapters
 from daemon.home import Home
-from daemon.policy import (
-    base_model,
-    context_length,
-    judge_backend,
-    policy_backend,
-    production_adapter,
-)
+from daemon.policy import judge_backend, policy_backend, production_adapter
 from daemon.settings import Settings
-from daemon.tasks import grader_spec, live_tasks
+from daemon.synth_scoring import default_template, format_for, verifier_for
+from daemon.tasks import live_tasks
 from judges.feedback import FeedbackItem, check_feedback, feedback_data
-from judges.graders import resolve_grader
 from judges.judge_training import JUDGE_TASK, Explain, KnownAnswer, judge_examples
-from judges.llm_judge import COMPACT_POINTWISE_TEMPLATE, POINTWISE_TEMPLATE, PointwiseJudge
+from judges.llm_judge import PointwiseJudge
 from judges.synth import (
     Pair,
     PromptItem,
@@ -60,12 +54,6 @@ from replay.models import (
 from stages.generate.api import GenerationBackend
 
 log = logging.getLogger(__name__)
-
-COMPACT_RUBRIC_BELOW = 512
-"""A served judge (no tokenizer here) whose context is shorter than this many tokens gets the
-compact rubric prompt."""
-RUBRIC_QUESTION_ALLOWANCE = 128
-"""Tokens left for the question in the full rubric prompt when deciding whether it fits."""
 
 
 @dataclass(frozen=True)
@@ -103,31 +91,6 @@ def _explainer(tasks: dict[str, Task]) -> Explain:
         return task.explain(prompt_key(answer.prompt), answer.reference, answer.response)
 
     return explain
-
-
-def verifier_for(
-    settings: Settings, tasks: dict[str, Task]
-) -> Callable[[str | None], Callable[..., list[float | None]] | None]:
-    """The grader of a task label (`daemon.tasks.grader_spec`), resolved."""
-
-    def pick(task: str | None) -> Callable[..., list[float | None]] | None:
-        spec = grader_spec(settings, tasks, task)
-        return None if spec is None else resolve_grader(spec)
-
-    return pick
-
-
-def format_for(
-    tasks: dict[str, Task],
-) -> Callable[[str | None], Callable[..., list[float | None]] | None]:
-    """The answer-format grader of a task label (`Task.answer_format`), resolved; None for a
-    label whose task declares no format."""
-
-    def pick(task: str | None) -> Callable[..., list[float | None]] | None:
-        spec = tasks[task].answer_format if task in tasks else None
-        return None if spec is None else resolve_grader(spec)
-
-    return pick
 
 
 def _recent_interactions(engine: Engine, limit: int) -> list[Interaction]:
@@ -363,46 +326,6 @@ def store(
         )
 
 
-def _default_template(home: Home, settings: Settings, judge: GenerationBackend) -> str:
-    """The rubric prompt: the full one when it fits the judge's context, else the compact one.
-
-    With the judge's tokenizer at hand (a local backend), the full rubric fits when its
-    rendered chat, in the judge's own tokens, leaves room for the question
-    (`RUBRIC_QUESTION_ALLOWANCE`), the answer (`synth.max_new_tokens`) and the verdict
-    (`judge.max_new_tokens`) within the context: a 512-token model with a small vocabulary
-    may need 1,000 tokens for the rubric alone, past the positions it has (vLLM refuses such
-    a prompt; transformers reads it with positions it never learnt). Without a tokenizer (a
-    served judge) only the context length decides: compact below `COMPACT_RUBRIC_BELOW`
-    tokens (the embedded world's model reads 128 characters).
-    """
-    judge_model = settings.judge.base or base_model(home, settings)
-    length = context_length(judge_model)
-    if length is None:
-        return POINTWISE_TEMPLATE
-    tokenizer = getattr(judge, "tokenizer", None)
-    if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
-        return COMPACT_POINTWISE_TEMPLATE if length < COMPACT_RUBRIC_BELOW else POINTWISE_TEMPLATE
-    from stages.generate.chat import encode_prompts
-
-    rubric = POINTWISE_TEMPLATE.format(prompt="", response="")
-    [ids] = encode_prompts(tokenizer, [[{"role": "user", "content": rubric}]])
-    needed = (
-        len(ids)
-        + RUBRIC_QUESTION_ALLOWANCE
-        + settings.synth.max_new_tokens
-        + settings.judge.max_new_tokens
-    )
-    if needed > length:
-        log.info(
-            "the judge's context (%d tokens) is too short for the full rubric (%d tokens with "
-            "room for a question, an answer and the verdict): the compact rubric",
-            length,
-            needed,
-        )
-        return COMPACT_POINTWISE_TEMPLATE
-    return POINTWISE_TEMPLATE
-
-
 def _known_prompts(engine: Engine) -> set[str]:
     with session_scope(engine) as session:
         rows = session.execute(select(Sample.prompt).distinct().limit(10_000)).scalars()
@@ -466,7 +389,7 @@ def run_synth(
                 max_new_tokens=j.max_new_tokens,
                 seed=seed,
                 template=j.pointwise_template
-                or _default_template(home, settings, separate_judge or policy),
+                or default_template(home, settings, separate_judge or policy),
                 name=judge_name,
             )
         result = synthesize(

@@ -47,9 +47,10 @@ from daemon import adapters
 from daemon.home import Home
 from daemon.lease import LeaseHeld
 from daemon.models import Cycle, ServiceJob
+from daemon.service.exchange import interaction_id_for_request
 from daemon.service.metrics import ServiceMetrics
 from daemon.service.page import status_page
-from daemon.service.proxy import interaction_id_for_request, make_proxy_router
+from daemon.service.proxy import make_proxy_router
 from daemon.settings import Settings
 from replay.db import session_scope
 from replay.ingest import BatchResult, ingest_records, stored_ids

@@ -19,13 +19,14 @@ messages plus the reply (choice 0's text; with `n` > 1 the other choices are not
 A client that goes away mid-stream stops the relay (and the request to the server); what had
 arrived is stored. A stream the server breaks off ends with an SSE `error` event naming the
 server, and is stored as far as it got. The row is written once, in one transaction
-(`replay.ingest.ingest_records`), in a worker thread, after the exchange ends.
-`interaction_id_for_request` finds it by request id (for `POST /v1/feedback` given a
-`request_id` instead of an interaction id).
+(`replay.ingest.ingest_records`), in a worker thread, after the exchange ends. The exchange,
+its record, reading it from an SSE stream and storing it are in `daemon/service/exchange.py`,
+whose `interaction_id_for_request` finds the row by request id (for `POST /v1/feedback` given
+a `request_id` instead of an interaction id).
 
 If the server answers 404 for production's adapter (it restarted and forgot runtime-loaded
 adapters, or production moved before the adapter was loaded), the proxy loads it
-(`/v1/load_lora_adapter`, as `daemon/cycle.py` does) and retries once.
+(`/v1/load_lora_adapter`, as `daemon/adapter_serving.py` does) and retries once.
 
 It does not check tokens (the app mounting it passes `dependencies`), forward the client's
 headers (its bearer token is tutord's), start the model server, or store an exchange without
@@ -41,10 +42,7 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -63,193 +61,17 @@ from daemon import adapters
 from daemon.home import Home, HomeError
 from daemon.models import ProductionPointer
 from daemon.policy import base_model
+from daemon.service.exchange import Exchange, SSEReader, Target, storable, store_exchange
 from daemon.settings import Settings
-from replay.ingest import ingest_records, stored_ids
-from replay.records import NormalizedRecord, RecordError, parse_record
 from stages import registry
 
 log = logging.getLogger(__name__)
 
-SOURCE = "proxy"
-"""The source name of the interactions the proxy stores."""
 HEADER = "X-Tutord-Interaction-Id"
 """The response header carrying the request id (the stored row's external id)."""
 CONNECT_TIMEOUT_S = 5.0
-_NOT_PARAMS = frozenset({"messages", "model", "stream"})
 _PRODUCTION = select(ProductionPointer.version).where(ProductionPointer.id == 1)
 _DETAIL_CHARS = 500
-
-
-# ------------------------------------------------------------------ finding a stored exchange
-
-
-def interaction_id_for_request(engine: Engine, request_id: str) -> int | None:
-    """The id of the interaction the proxy stored for `request_id` (None: none, or not yet)."""
-    key = NormalizedRecord("interactions", request_id, "", {}, {}).record_key(SOURCE)
-    return stored_ids(engine, [("interactions", key)])[0]
-
-
-# ------------------------------------------------------------------ one exchange
-
-
-@dataclass(frozen=True)
-class Target:
-    """Whom a request goes to: `model` is the name sent upstream, `adapter` the stored label."""
-
-    model: str
-    adapter: str
-    version: int | None
-
-
-@dataclass
-class Exchange:
-    """One chat request and what came back, as far as it got."""
-
-    body: dict[str, Any]
-    target: Target
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    started: float = field(default_factory=time.perf_counter)
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    parts: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    first_token: float | None = None
-    ended: float | None = None
-    upstream_status: int | None = None
-    upstream_error: Any = None
-    client_disconnected: bool = False
-    storable: bool = True
-
-    def payload(self) -> bytes:
-        """The request body sent upstream: the client's, addressed to the target."""
-        return orjson.dumps({**self.body, "model": self.target.model})
-
-    def take_answer(self, answer: Any) -> None:
-        """Read a non-streaming answer's choice 0, finish reason and usage."""
-        choice = _choice_zero(answer.get("choices")) if isinstance(answer, dict) else None
-        if choice is None:
-            raise ValueError("the answer has no choice 0")
-        self.parts.append((choice.get("message") or {}).get("content") or "")
-        self.finish_reason = choice.get("finish_reason")
-        self.usage = answer.get("usage")
-
-    def take_event(self, event: Any) -> None:
-        """Read one streamed chunk: choice 0's delta text, finish reason; usage; an error."""
-        if not isinstance(event, dict):
-            return
-        if event.get("usage"):
-            self.usage = event["usage"]
-        if event.get("error"):
-            self.upstream_error = event["error"]
-        choice = _choice_zero(event.get("choices"))
-        if choice is None:
-            return
-        text = (choice.get("delta") or {}).get("content")
-        if text:
-            if self.first_token is None:
-                self.first_token = time.perf_counter()
-            self.parts.append(text)
-        if choice.get("finish_reason") is not None:
-            self.finish_reason = choice["finish_reason"]
-
-    def end(self) -> None:
-        if self.ended is None:
-            self.ended = time.perf_counter()
-
-    def meta(self) -> dict[str, Any]:
-        ended = self.ended if self.ended is not None else time.perf_counter()
-        meta = {
-            "params": {k: v for k, v in self.body.items() if k not in _NOT_PARAMS},
-            "requested_model": self.body.get("model"),
-            "upstream_model": self.target.model,
-            "stream": bool(self.body.get("stream")),
-            "latency_ms": _ms(ended - self.started),
-            "time_to_first_token_ms": None
-            if self.first_token is None
-            else _ms(self.first_token - self.started),
-            "finish_reason": self.finish_reason,
-            "usage": self.usage,
-            "upstream_status": self.upstream_status,
-            "client_disconnected": self.client_disconnected,
-        }
-        if self.upstream_error is not None:
-            meta["upstream_error"] = self.upstream_error
-        return meta
-
-    def record(self) -> dict[str, Any]:
-        """The interaction record (the shape `tutord ingest` reads) of this exchange."""
-        messages = self.body.get("messages")
-        reply = {"role": "assistant", "content": "".join(self.parts)}
-        return {
-            "id": self.request_id,
-            "timestamp": self.started_at.isoformat(),
-            "messages": [*(messages if isinstance(messages, list) else []), reply],
-            "adapter": self.target.adapter,
-            "metadata": self.meta(),
-        }
-
-
-def storable(body: dict[str, Any]) -> bool:
-    """Whether the request's messages make an interaction `replay.records` accepts once the
-    reply is added (checked before forwarding: the header promises a row)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        return False
-    try:
-        parse_record({"messages": [*messages, {"role": "assistant", "content": ""}]})
-    except RecordError as exc:
-        log.info("proxy: a conversation that cannot be stored is forwarded unlogged: %s", exc)
-        return False
-    return True
-
-
-def _choice_zero(choices: Any) -> dict[str, Any] | None:
-    if not isinstance(choices, list):
-        return None
-    for choice in choices:
-        if isinstance(choice, dict) and choice.get("index", 0) == 0:
-            return choice
-    return None
-
-
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
-
-
-def store_exchange(engine: Engine, exchange: Exchange, max_record_bytes: int) -> None:
-    """Store the exchange as one interaction (one insert, one transaction); log, never raise."""
-    try:
-        result = ingest_records(
-            engine, [exchange.record()], source=SOURCE, max_record_bytes=max_record_bytes
-        )
-    except Exception:
-        log.exception("proxy: cannot store request %s", exchange.request_id)
-        return
-    for error in result.errors:
-        where = f"{error.field}: " if error.field else ""
-        log.warning("proxy: request %s not stored: %s%s", exchange.request_id, where, error.message)
-
-
-class SSEReader:
-    """Feeds the `data:` events of an SSE byte stream, split anywhere, to an exchange."""
-
-    def __init__(self, exchange: Exchange) -> None:
-        self.exchange = exchange
-        self.pending = b""
-
-    def feed(self, chunk: bytes) -> None:
-        *lines, self.pending = (self.pending + chunk).split(b"\n")
-        for line in lines:
-            self._line(line.strip())
-
-    def _line(self, line: bytes) -> None:
-        if not line.startswith(b"data:"):
-            return
-        data = line[5:].strip()
-        if not data or data == b"[DONE]":
-            return
-        with contextlib.suppress(orjson.JSONDecodeError):
-            self.exchange.take_event(orjson.loads(data))
 
 
 # ------------------------------------------------------------------ the model server
@@ -339,8 +161,9 @@ class Upstream:
         return await client.send(request, stream=stream)
 
     async def _load(self, version: int) -> bool:
-        """Have the server load `version` under its name (as `daemon/cycle.py` does), once its
-        folder verifies (a server would read pickle weights a tampered folder holds)."""
+        """Have the server load `version` under its name (as `daemon/adapter_serving.py`
+        does), once its folder verifies (a server would read pickle weights a tampered folder
+        holds)."""
         name = registry.version_name(version)
         path = registry.adapter_path(self.home.adapters, version)
         try:

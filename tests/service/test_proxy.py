@@ -32,7 +32,8 @@ from sqlalchemy import Engine, func, select
 
 from daemon import adapters
 from daemon.home import SUBDIRS, Home
-from daemon.service.proxy import HEADER, Exchange, SSEReader, Target, interaction_id_for_request
+from daemon.service.exchange import Exchange, SSEReader, Target, interaction_id_for_request
+from daemon.service.proxy import HEADER
 from daemon.service.proxy import make_proxy_router as make_router
 from daemon.settings import Settings
 from replay.db import session_scope
@@ -568,8 +569,9 @@ def test_in_front_of_vllm_a_promotion_takes_over_while_requests_flow(
 def _promote_live(
     engine: Engine, home: Home, source: Path, base: str, server: str
 ) -> tuple[float, float]:
-    """Publish and register `source` as v1, have the server load it as `daemon/cycle.py`'s
-    `_serve` does, then move production; returns when the move began and ended."""
+    """Publish and register `source` as v1, have the server load it as
+    `daemon.adapter_serving.serve_adapter` does, then move production; returns when the move
+    began and ended."""
     from stages.generate.openai_http import OpenAIBackend
 
     version = publish_version(engine, home.adapters, source, base)
