@@ -8,6 +8,7 @@ verified by `stages/registry.py`; this module records and decides.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -98,6 +99,21 @@ def production_stack(moves: list[Move]) -> list[int | None]:
     return stack
 
 
+def check_target(session: Session, version: int, kind: Literal["promote", "rollback"]) -> None:
+    """`AdapterStateError` unless `version` may become production by a move of `kind`:
+    registered, not deleted, and (for a promotion) not rejected."""
+    row = session.get(AdapterVersion, version)
+    if row is None:
+        raise AdapterStateError(f"{label(version)} is not a registered adapter version")
+    if row.status == "deleted":
+        raise AdapterStateError(f"{label(version)} was deleted by retention")
+    if row.status == "rejected" and kind == "promote":
+        raise AdapterStateError(
+            f"{label(version)} was rejected ({row.status_reason}); roll back to it "
+            "explicitly if you mean it"
+        )
+
+
 def move_production(
     engine: Engine,
     to_version: int | None,
@@ -115,16 +131,7 @@ def move_production(
     """
     with session_scope(engine) as session:
         if to_version is not None:
-            row = session.get(AdapterVersion, to_version)
-            if row is None:
-                raise AdapterStateError(f"{label(to_version)} is not a registered adapter version")
-            if row.status == "deleted":
-                raise AdapterStateError(f"{label(to_version)} was deleted by retention")
-            if row.status == "rejected" and kind == "promote":
-                raise AdapterStateError(
-                    f"{label(to_version)} was rejected ({row.status_reason}); roll back to it "
-                    "explicitly if you mean it"
-                )
+            check_target(session, to_version, kind)
             registry.verify(registry.adapter_path(adapters_dir, to_version))
         check_fence(session)
         current = production(session)
@@ -175,13 +182,24 @@ def rollback(
     to: int | Literal["previous"] | None = "previous",
     actor: str,
     reason: str | None = None,
+    before_move: Callable[[int | None], None] | None = None,
 ) -> Move:
-    """Move production back: to the previous production by default, or to `to` (None: base)."""
+    """Move production back: to the previous production by default, or to `to` (None: base).
+
+    `before_move` is called with the target once it is known to be a registered, live
+    version (or the base) and before production moves, e.g. to have the model server load
+    it (`daemon.adapter_serving.rollback_served`); an exception from it leaves production
+    where it was.
+    """
     with session_scope(engine) as session:
         current = production(session)
         target = rollback_target(session) if to == "previous" else to
+        if target is not None:
+            check_target(session, target, "rollback")
     if target == current:
         raise AdapterStateError(f"{label(target)} is production already")
+    if before_move is not None:
+        before_move(target)
     return move_production(
         engine,
         target,

@@ -300,7 +300,15 @@ class ServiceSettings(BaseModel):
     spool_interval_s: float = Field(5.0, gt=0, description="Seconds between spool scans.")
     cycle_cron: str = Field(
         "",
-        description="Crontab expression (5 fields, local time) for cycles, e.g. '0 3 * * *'.",
+        description="Crontab expression (5 fields, UTC) for cycles, e.g. '0 3 * * *'.",
+    )
+    synth_cron: str = Field(
+        "",
+        description=(
+            "Crontab expression (5 fields, UTC) for synthesis runs between cycles, as "
+            "`tutord synth` (empty: none; every cycle synthesizes first anyway). Skipped "
+            "while a cycle runs or is unfinished."
+        ),
     )
     cycle_min_fresh: int = Field(
         0,
@@ -350,6 +358,17 @@ class ServiceSettings(BaseModel):
     api_token_file: str = Field(
         "", description="A file holding the bearer token (relative to the home)."
     )
+
+    @field_validator("cycle_cron", "synth_cron")
+    @classmethod
+    def _crontab(cls, value: str) -> str:
+        """A schedule the scheduler will take (checked here, so a bad one is refused when
+        the settings load, naming the key, not when the service schedules it)."""
+        if value.strip():
+            from apscheduler.triggers.cron import CronTrigger
+
+            CronTrigger.from_crontab(value, timezone="UTC")  # ValueError says what is wrong
+        return value
 
 
 class Settings(BaseSettings):

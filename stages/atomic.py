@@ -33,14 +33,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes | str) -> Path:
+def write_atomic(path: Path, data: bytes | str, mode: int | None = None) -> Path:
     """Write `data` to `path` through a temporary file and a rename; readers see the old
-    file or the whole new one, never a part. Returns `path`."""
+    file or the whole new one, never a part. `mode`: the file's permission bits (default:
+    as the umask leaves them). Returns `path`."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
     tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
     try:
         with tmp.open("wb") as fh:
             fh.write(raw)
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -2,9 +2,9 @@
 
 Commands here: `init`, `ingest`, `status`, `db upgrade`, `db current`; the others are
 registered from `daemon.cli.world_commands`, `.synth_command`, `.cycle_commands`,
-`.adapter_commands` and `.service_commands` (`tutord run`). Each command
-resolves the home folder, loads settings and calls into the packages that do the work;
-these modules only parse arguments and render results.
+`.adapter_commands` and `.service_commands` (`tutord run`, `tutord service install`).
+Each command resolves the home folder, loads settings and calls into the packages that do
+the work; these modules only parse arguments and render results.
 
 Exit codes: 0 success; 1 a refused operation; 2 unusable arguments or setup (missing
 file, bad home, bad configuration, database behind its migrations); 3 some input lines
@@ -31,7 +31,7 @@ from daemon import adapters, migrate
 from daemon.cli.adapter_commands import adapters_app, rollback
 from daemon.cli.cycle_commands import cycle, demo, report
 from daemon.cli.model_commands import model_app
-from daemon.cli.service_commands import run
+from daemon.cli.service_commands import run, service_app
 from daemon.cli.synth_command import synth
 from daemon.cli.util import EXIT_REJECTED, Context, err, fail, guard, out, ready
 from daemon.cli.world_commands import world_app
@@ -288,6 +288,7 @@ def db_current(ctx: typer.Context) -> None:
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(model_app, name="model")
 app.add_typer(world_app, name="world")
+app.add_typer(service_app, name="service")
 app.command()(synth)
 app.command()(cycle)
 app.command()(report)

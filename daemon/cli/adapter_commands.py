@@ -1,17 +1,19 @@
 """`tutord adapters list|show|prune` and `tutord rollback`: the adapter registry from the CLI.
 
-Rendering and argument parsing only; the work is in `daemon/adapters.py` (database) and
+Rendering and argument parsing only; the work is in `daemon/adapters.py` (database),
+`daemon/adapter_serving.py` (the model server, before a rollback moves production) and
 `stages/registry.py` (folders).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from daemon import adapters
+from daemon.adapter_serving import rollback_served
 from daemon.cli.util import Context, fail, guard, out, ready
 from replay.db import session_scope
 from stages import registry
@@ -107,16 +109,19 @@ def rollback(
     reason: Annotated[str | None, typer.Option(help="Why, for the history.")] = None,
     actor: Annotated[str, typer.Option(help="Who, for the history.")] = "cli",
 ) -> None:
-    """Move production back in one step: to the previous production, or to --to."""
+    """Move production back in one step: to the previous production, or to --to. With a
+    model server (model.server_url), it first loads the target and must answer with it;
+    otherwise production stays (exit 1)."""
     c = ready(ctx)
-    target: int | str | None = "previous" if to is None else _parse_target(to)
+    target: int | Literal["previous"] | None = "previous" if to is None else _parse_target(to)
     move = guard(
-        lambda: adapters.rollback(
+        lambda: rollback_served(
             c.engine,
-            c.home.adapters,
+            c.home,
+            c.settings,
             to=target,
             actor=actor,
-            reason=reason,  # type: ignore[arg-type]
+            reason=reason,
         )
     )
     out.print(

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
@@ -66,15 +67,17 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 def guard(fn: Callable[[], Any]) -> Any:
-    """Turn setup problems into a one-line error and exit status 2."""
+    """Turn setup problems into a one-line error and exit status 2 (a refused operation:
+    1). Messages are printed as they are, never read as markup."""
     try:
         return fn()
     except (HomeError, SettingsError) as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     except OperationalError as exc:
-        fail(f"cannot use the database: {exc.orig}")
+        fail(escape(f"cannot use the database: {exc.orig}"))
     except (RegistryError, AdapterStateError, FileExistsError) as exc:
-        fail(str(exc), EXIT_REFUSED)
+        # e.g. a model server's answer quoted in the message: text, not markup
+        fail(escape(str(exc)), EXIT_REFUSED)
 
 
 def ready(ctx: typer.Context) -> Context:

@@ -10,7 +10,9 @@ Routes (JSON unless said otherwise); all but `GET /healthz` need `Authorization:
 - `POST /v1/feedback`: a rating and/or correction attached to a stored interaction;
 - `GET /v1/status`: production, the last cycles, data counts, job runs, leadership;
 - `GET /v1/adapters`: the registry's versions and which is production;
-- `POST /v1/rollback`: move production back (`daemon.adapters.rollback`, actor `api`);
+- `POST /v1/rollback`: move production back (`daemon.adapter_serving.rollback_served`,
+  actor `api`): with a model server, the target is loaded and answers first (502 when the
+  server refuses or does not answer; production stays), 409 when the move cannot be made;
 - `GET /v1/reports/latest`: the drift report (`?format=html` for the page);
 - `GET /metrics`: Prometheus text (`daemon/service/metrics.py`);
 - `GET /`: a small status page for people;
@@ -44,6 +46,7 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from daemon import adapters
+from daemon.adapter_serving import ServingError, rollback_served
 from daemon.home import Home
 from daemon.lease import LeaseHeld
 from daemon.models import Cycle, ServiceJob
@@ -456,9 +459,11 @@ def make_app(
         body = _validated(RollbackIn, raw)
         target = rollback_target(body.to)
         try:
-            move = adapters.rollback(
-                engine, home.adapters, to=target, actor="api", reason=body.reason
+            move = rollback_served(
+                engine, home, settings, to=target, actor="api", reason=body.reason
             )
+        except ServingError as exc:  # the model server failed us, not the request
+            raise HTTPException(502, str(exc)) from None
         except (adapters.AdapterStateError, registry.RegistryError, LeaseHeld) as exc:
             raise HTTPException(409, str(exc)) from None
         return move_answer(move)

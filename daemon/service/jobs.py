@@ -2,6 +2,11 @@
 
 Jobs (ids fixed; built from the settings at every start, never stored by the scheduler):
 - `spool`: ingest the files waiting in the spool folder (`daemon/service/spool.py`);
+- `synth`: one synthesis run with the production policy (`daemon.synth_run.run_synth`, as
+  `tutord synth`) on the `service.synth_cron` schedule (off by default: every cycle
+  synthesizes first anyway), on the leader only, skipped while a cycle is unfinished (the
+  runner also keeps it from overlapping a running cycle); each run's seed is the number of
+  synthesis runs stored, so successive runs choose other prompts;
 - `cycle`: run (or resume) one improvement cycle (`daemon/cycle.run_cycle`), on the
   `service.cycle_cron` schedule, or when `service.cycle_min_fresh` interactions arrived
   since the last cycle started, or at once when a cycle is unfinished (a stop or crash
@@ -34,7 +39,7 @@ from daemon.models import Cycle, ServiceJob
 from daemon.service.spool import scan_spool
 from daemon.settings import Settings
 from replay.db import session_scope
-from replay.models import Interaction, utcnow
+from replay.models import Interaction, SynthRun, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +173,12 @@ def cycle_wanted(engine: Engine, settings: Settings) -> str | None:
     return None
 
 
+def synth_seed(engine: Engine) -> int:
+    """The seed of the synth job's next run: the synthesis runs stored so far."""
+    with session_scope(engine) as s:
+        return int(s.execute(select(func.count(SynthRun.id))).scalar() or 0)
+
+
 def make_jobs(
     engine: Engine,
     home: Home,
@@ -175,8 +186,8 @@ def make_jobs(
     *,
     leading: Callable[[], bool],
 ) -> list[JobSpec]:
-    """The service's jobs for these settings. Jobs that train or change adapters run only
-    while `leading()`; the spool and upkeep run on every process."""
+    """The service's jobs for these settings. Jobs that use the model, train or change
+    adapters run only while `leading()`; the spool and upkeep run on every process."""
     svc = settings.service
 
     def spool() -> str:
@@ -184,6 +195,20 @@ def make_jobs(
         if not scan.done and not scan.failed:
             return f"{IDLE}: the spool is empty"
         return f"{len(scan.done)} done, {len(scan.failed)} failed, {scan.ingested} stored"
+
+    def synth() -> str:
+        if not leading():
+            return f"{IDLE}: not the leader"
+        pending = unfinished_cycle(engine)
+        if pending is not None:
+            return f"skipped: cycle {pending} is unfinished (it resumes first)"
+        from daemon.synth_run import run_synth
+
+        summary = run_synth(engine, home, settings, seed=synth_seed(engine))
+        return (
+            f"synthesis run {summary.run_id} ({summary.adapter}): {summary.candidates} "
+            f"candidates, {summary.sft_new} SFT examples, {summary.pairs_new} pairs"
+        )
 
     def cycle(reason: str = "schedule") -> str:
         if not leading():
@@ -221,6 +246,7 @@ def make_jobs(
 
     return [
         JobSpec("spool", spool, interval_s=svc.spool_interval_s),
+        JobSpec("synth", synth, cron=svc.synth_cron),
         JobSpec("cycle", cycle, cron=svc.cycle_cron),
         JobSpec("cycle-check", cycle_check, interval_s=svc.cycle_check_interval_s),
         JobSpec("snapshot", snapshot, interval_s=svc.snapshot_interval_s),

@@ -3,12 +3,13 @@
 It checks the database is migrated, takes leadership (`daemon/service/leader.py`), builds
 the jobs of `daemon/service/jobs.py` from the settings in an in-memory APScheduler 3
 `BackgroundScheduler` (fixed ids, `coalesce`, `max_instances=1`, an hour of misfire grace;
-the scheduler's job store is never shared or persisted: last runs live in `service_jobs`),
-serves the HTTP API when enabled, tells systemd READY=1, and then loops: WATCHDOG=1 pings
-(so a hung loop trips the watchdog), lease renewal at a third of its TTL (also while a
-cycle step runs in a worker thread), STATUS= lines. SIGHUP reloads `tutord.toml` and
-rebuilds the jobs. SIGTERM (or SIGINT) stops taking jobs, asks a running training stage
-to checkpoint and stop (`stages.launch.stop_running`; killed after
+the scheduler's job store is never shared or persisted: last runs live in `service_jobs`;
+the jobs that use the model, cycles and synthesis, run one at a time: one that finds
+another running is skipped), serves the HTTP API when enabled, tells systemd READY=1, and
+then loops: WATCHDOG=1 pings (so a hung loop trips the watchdog), lease renewal at a third
+of its TTL (also while a cycle step runs in a worker thread), STATUS= lines. SIGHUP reloads
+`tutord.toml` and rebuilds the jobs. SIGTERM (or SIGINT) stops taking jobs, asks a running
+training stage to checkpoint and stop (`stages.launch.stop_running`; killed after
 `service.stop_timeout_s`), waits for the job threads, releases leadership and returns 0; a
 cycle cut short stays resumable and the next start finishes it. A second SIGTERM stops at
 once. `run_once` runs every job that is due and returns (for cron users).
@@ -45,7 +46,9 @@ from stages import launch
 log = logging.getLogger(__name__)
 
 MISFIRE_GRACE_S = 3600
-CYCLE_JOBS = ("cycle", "cycle-check")
+MODEL_JOBS = {"cycle": "a cycle", "cycle-check": "a cycle", "synth": "synthesis"}
+"""Jobs that use the model, one at a time in a process: what each is called when it makes
+another wait."""
 
 
 class ServiceError(Exception):
@@ -82,6 +85,7 @@ class Service:
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.cycle_lock = threading.Lock()
+        self.model_job: str | None = None  # the id of the model job holding cycle_lock
         self.started_at = time.time()
         self.scheduler: BackgroundScheduler | None = None
         self.http: Any = None
@@ -94,15 +98,19 @@ class Service:
         specs = make_jobs(
             self.engine, self.home, self.settings, leading=lambda: self.leadership.is_leader
         )
-        return [self._one_cycle_at_a_time(j) if j.id in CYCLE_JOBS else j for j in specs]
+        return [self._one_model_job_at_a_time(j) if j.id in MODEL_JOBS else j for j in specs]
 
-    def _one_cycle_at_a_time(self, job: JobSpec) -> JobSpec:
+    def _one_model_job_at_a_time(self, job: JobSpec) -> JobSpec:
+        """`job`, skipped while another model job (a cycle, synthesis) runs in this process."""
+
         def run() -> str:
             if not self.cycle_lock.acquire(blocking=False):
-                return "skipped: a cycle is running"
+                return f"skipped: {MODEL_JOBS.get(self.model_job or '', 'a model job')} is running"
+            self.model_job = job.id
             try:
                 return job.run()
             finally:
+                self.model_job = None
                 self.cycle_lock.release()
 
         return JobSpec(job.id, run, job.interval_s, job.cron)

@@ -4,10 +4,12 @@
 ingest`'s reader and validation (`replay.ingest.ingest_files`, source `spool`). A file whose
 every line was stored (or was a duplicate) moves to `done/`; a file with rejected lines
 moves to `failed/` with `<name>.errors.json` beside it (its good lines are stored all the
-same, and its bad lines are in the quarantine as with `tutord ingest`). A file is complete
-when its name does not start with '.' and does not end in `.tmp` or `.part`: writers write
-under such a name and rename. When the database fails, the file stays where it is for the
-next scan. A name already taken in `done/` or `failed/` gets a numeric suffix.
+same, and its bad lines are in the quarantine as with `tutord ingest`); that file carries
+the per-line errors and the ingest's `quarantine_errors`, the warnings that a quarantine
+write failed. A file is complete when its name does not start with '.' and does not end in
+`.tmp` or `.part`: writers write under such a name and rename. When the database fails, the
+file stays where it is for the next scan. A name already taken in `done/` or `failed/` gets
+a numeric suffix.
 
 It does not schedule itself (`daemon/service/runner.py` does) or watch with inotify.
 """
@@ -71,15 +73,23 @@ def _move(path: Path, sub: str) -> Path:
     return target
 
 
+ERROR_KEYS = (
+    "read",
+    "ingested",
+    "duplicates",
+    "rejected",
+    "errors",
+    "quarantine_files",
+    "quarantine_errors",
+)
+"""What `<name>.errors.json` holds, from the ingest report: the counts, the per-line errors,
+where the rejected lines were copied, and why some could not be (a quarantine write that
+failed)."""
+
+
 def _errors_json(report: IngestReport) -> str:
     data = report.to_dict()
-    return json.dumps(
-        {
-            k: data[k]
-            for k in ("read", "ingested", "duplicates", "rejected", "errors", "quarantine_files")
-        },
-        indent=1,
-    )
+    return json.dumps({k: data[k] for k in ERROR_KEYS}, indent=1)
 
 
 def scan_spool(engine: Engine, folder: Path, quarantine_dir: Path | None) -> SpoolScan:
@@ -97,6 +107,8 @@ def scan_spool(engine: Engine, folder: Path, quarantine_dir: Path | None) -> Spo
             target = _move(path, FAILED)
             write_atomic(target.with_name(target.name + ".errors.json"), _errors_json(report))
             scan.failed.append(target.name)
+            for problem in report.quarantine_errors:
+                log.warning("spool: %s: %s", path.name, problem)
             log.warning(
                 "spool: %s: %d stored, %d rejected -> %s",
                 path.name,
