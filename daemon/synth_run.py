@@ -23,12 +23,12 @@ from sqlalchemy import Engine, select
 
 from daemon import adapters
 from daemon.home import Home
+from daemon.judge_teaching import explainer, judge_training_data
 from daemon.policy import judge_backend, policy_backend, production_adapter
 from daemon.settings import Settings
 from daemon.synth_scoring import default_template, format_for, verifier_for
 from daemon.tasks import live_tasks
 from judges.feedback import FeedbackItem, check_feedback, feedback_data
-from judges.judge_training import JUDGE_TASK, Explain, KnownAnswer, judge_examples
 from judges.llm_judge import PointwiseJudge
 from judges.synth import (
     Pair,
@@ -74,23 +74,13 @@ class SynthSummary:
     """Prompts left out because they are held-out items of a task."""
     judge_sft_new: int = 0
     """New judge-training examples (rubric prompt -> verdict) from verified answers."""
+    judge_pairs_new: int = 0
+    """New judge-training pairs (right verdict over the contrary one) from verified answers."""
     contradictions: int = 0
     """Feedback the task contradicts (grader or answer format): counted, not trained on."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _explainer(tasks: dict[str, Task]) -> Explain:
-    """The reason of the verdict on a known answer, from its task (`Task.explain`)."""
-
-    def explain(answer: KnownAnswer) -> str | None:
-        task = tasks.get(answer.task or "")
-        if task is None or task.explain is None or not answer.reference:
-            return None
-        return task.explain(prompt_key(answer.prompt), answer.reference, answer.response)
-
-    return explain
 
 
 def _recent_interactions(engine: Engine, limit: int) -> list[Interaction]:
@@ -205,6 +195,7 @@ def store(
     heldout_excluded: int = 0,
     judge_sft: list[SFTItem] | None = None,
     contradictions: int = 0,
+    judge_pairs: list[Pair] | None = None,
 ) -> SynthSummary:
     """Write one run's samples, judgments, SFT examples and pairs in one transaction."""
     with session_scope(engine) as session:
@@ -293,6 +284,12 @@ def store(
             ],
             ["record_key"],  # type: ignore[arg-type]
         )
+        judge_pairs_new = insert_ignoring_duplicates(
+            conn,
+            PreferencePair.__table__,
+            [_pair_row(p, run.id, None, None) for p in judge_pairs or []],
+            ["record_key"],  # type: ignore[arg-type]
+        )
         origins: dict[str, int] = {}
         for item in result.prompts:
             origins[item.origin] = origins.get(item.origin, 0) + 1
@@ -305,6 +302,7 @@ def store(
             "prompts_by_origin": origins,
             "heldout_excluded": heldout_excluded,
             "judge_sft_new": judge_new,
+            "judge_pairs_new": judge_pairs_new,
             "feedback_contradictions": contradictions,
         }
         run.health = health
@@ -320,9 +318,10 @@ def store(
             fb_pairs,
             result.dropped_ties,
             health,
-            heldout_excluded,
-            judge_new,
-            contradictions,
+            heldout_excluded=heldout_excluded,
+            judge_sft_new=judge_new,
+            judge_pairs_new=judge_pairs_new,
+            contradictions=contradictions,
         )
 
 
@@ -420,26 +419,19 @@ def run_synth(
         )
         feedback = feedback_data(checked.consistent)
         judge_sft: list[SFTItem] = []
+        judge_pair_items: list[Pair] = []
         if judge is not None and separate_judge is None and config.judge_share > 0:
             # the policy judges itself: teach it from answers whose quality is known
-            wanted = len(result.sft) + len(feedback[0])
-            limit = round(config.judge_share / (1 - config.judge_share) * max(wanted, 1))
-            for example in judge_examples(
-                result.known + checked.known, judge.render, limit, seed, _explainer(tasks)
-            ):
-                answer = example.answer
-                judge_sft.append(
-                    SFTItem(
-                        example.prompt,
-                        example.completion,
-                        JUDGE_TASK,
-                        None,
-                        "judge",
-                        answer.prompt_index,
-                        answer.candidate_index,
-                        answer.interaction_id,
-                    )
-                )
+            judge_sft, judge_pair_items = judge_training_data(
+                result.known + checked.known,
+                judge,
+                config,
+                answer_rows=(
+                    len(result.sft) + len(feedback[0]),
+                    len(result.pairs) + len(feedback[1]),
+                ),
+                explain=explainer(tasks),
+            )
     finally:
         if own_backend:
             policy.close()
@@ -456,5 +448,6 @@ def run_synth(
         cycle_id=cycle_id,
         heldout_excluded=excluded,
         judge_sft=judge_sft,
+        judge_pairs=judge_pair_items,
         contradictions=len(checked.contradictions),
     )

@@ -8,7 +8,12 @@ balanced between right and wrong answers, so the policy learns to judge the way 
 asked to. Prompts in the judge's held-out split (`in_judge_holdout`, a stable hash) never
 become judge-training examples: judge health is measured on their candidates, so it
 reflects answers the judge was not trained on. Feedback becomes known answers in
-`judges/feedback.py`. It does not generate, store or decide pairs (see `judges/synth.py`).
+`judges/feedback.py`. `judge_pairs` makes preference pairs from the same examples: the
+right verdict against the same reasoning with the opposite decision, so DPO trains the one
+step a small judge gets wrong most (its Correct/Wrong contradicting its own comparison) and
+the judge keeps learning in preference stages (the Meta-Rewarding recipe, Wu et al. 2024,
+trains the judge by DPO on judgments; here a verified signal, not a meta-judge, picks the
+better judgment). It does not generate, store or decide answer pairs (see `judges/synth.py`).
 """
 
 from __future__ import annotations
@@ -74,11 +79,13 @@ class KnownAnswer:
 
 @dataclass(frozen=True)
 class JudgeExample:
-    """One judge-training example: the rubric prompt and the verdict to learn."""
+    """One judge-training example: the rubric prompt and the verdict to learn; `contrary`
+    is the same reasoning concluding the opposite (the rejected side of its judge pair)."""
 
     prompt: Chat
     completion: str
     answer: KnownAnswer
+    contrary: str = ""
 
 
 def judge_examples(
@@ -103,11 +110,28 @@ def judge_examples(
     take_wrong = min(len(wrong), limit - take_right)
     chosen = right[:take_right] + wrong[:take_wrong]
     rng.shuffle(chosen)
-    return [
-        JudgeExample(
-            render(a.prompt, a.response),
-            verdict(a.right, a.reference, explain(a) if explain else None),
-            a,
+    examples = []
+    for a in chosen:
+        reason = explain(a) if explain else None
+        examples.append(
+            JudgeExample(
+                render(a.prompt, a.response),
+                verdict(a.right, a.reference, reason),
+                a,
+                verdict(not a.right, a.reference, reason),
+            )
         )
-        for a in chosen
-    ]
+    return examples
+
+
+def judge_pairs(examples: Sequence[JudgeExample], limit: int) -> list[tuple[Chat, str, str]]:
+    """Up to `limit` preference pairs (rubric prompt, right verdict, contrary verdict) from
+    judge examples, in their order (which `judge_examples` balanced and shuffled). The two
+    sides share every token up to the decision: the pair teaches the decision alone.
+
+    >>> answer = KnownAnswer([{"role": "user", "content": "2+2?"}], "4", True, "add", "grader")
+    >>> [example] = judge_examples([answer], lambda p, r: p, 1, 0)
+    >>> judge_pairs([example], 5)[0][1:]
+    ('Correct. Score: 5', 'Wrong. Score: 0')
+    """
+    return [(e.prompt, e.completion, e.contrary) for e in examples[: max(limit, 0)] if e.contrary]

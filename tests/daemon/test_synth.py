@@ -73,6 +73,7 @@ def test_synth_stores_everything_with_provenance_and_is_reproducible(
     assert {"agreement", "length_correlation", "abstention_rate", "ok", "message"} <= set(health)
     assert summary["feedback_sft_new"] > 0 and summary["feedback_pairs_new"] > 0
     assert summary["judge_sft_new"] > 0  # the self-judge is taught from verified answers
+    assert summary["judge_pairs_new"] > 0  # ... and given pairs: right verdict over contrary
 
     snapshots = []
     for home in homes:
@@ -97,6 +98,13 @@ def test_synth_stores_everything_with_provenance_and_is_reproducible(
             assert all(
                 p.chosen_sample_id and p.rejected_sample_id for p in pairs if p.origin == "synth"
             )
+            judge_pairs = [p for p in pairs if p.origin == "judge"]
+            assert len(judge_pairs) == summary["judge_pairs_new"]
+            for p in judge_pairs:  # same reasoning, opposite decision
+                assert p.task == "judge" and p.prompt[-1]["content"].startswith("Rate the")
+                lead = p.chosen.rsplit("Correct.", 1)[0].rsplit("Wrong.", 1)[0]
+                assert p.rejected.startswith(lead) and p.chosen != p.rejected
+                assert {p.chosen[-1], p.rejected[-1]} == {"5", "0"}
             run = s.get(SynthRun, 1)
             assert run is not None and run.finished_at is not None and run.health == health
             snapshots.append(

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from judges.feedback import FeedbackItem, check_feedback, feedback_data
 from judges.graders import resolve_grader
-from judges.judge_training import KnownAnswer, judge_examples, verdict
+from judges.judge_training import (
+    KnownAnswer,
+    in_judge_holdout,
+    judge_examples,
+    judge_pairs,
+    verdict,
+)
 from judges.llm_judge import COMPACT_POINTWISE_TEMPLATE
 from world.verify import verify_integer
 
@@ -117,3 +123,42 @@ def test_the_tasks_worked_line_replaces_the_bare_reference() -> None:
         "Should be 3+4=7, got 8. Wrong. Score: 0",
         "Should be y. Correct. Score: 5",
     ]
+
+
+def test_judge_pairs_differ_only_in_the_decision() -> None:
+    examples = judge_examples(known(6, 6), render, limit=8, seed=0, explain=lambda a: "Sum 7.")
+    pairs = judge_pairs(examples, limit=5)
+    assert len(pairs) == 5
+    for (prompt, chosen, rejected), e in zip(pairs, examples, strict=False):
+        assert prompt == e.prompt and chosen == e.completion
+        right = e.answer.right
+        assert chosen == ("Sum 7. Correct. Score: 5" if right else "Sum 7. Wrong. Score: 0")
+        assert rejected == ("Sum 7. Wrong. Score: 0" if right else "Sum 7. Correct. Score: 5")
+    assert judge_pairs(examples, limit=0) == []
+    assert len(judge_pairs(examples, limit=100)) == 8
+
+
+def test_judge_training_rows_leave_out_the_judges_held_out_prompts() -> None:
+    from daemon.judge_teaching import judge_training_data
+    from judges.llm_judge import PointwiseJudge
+    from judges.synth import SynthConfig, prompt_hash
+
+    prompts = [[{"role": "user", "content": f"What is {i}+1?"}] for i in range(200)]
+    answers = [
+        KnownAnswer(p, str(i + 1), i % 2 == 0, "add", "correction", interaction_id=i)
+        for i, p in enumerate(prompts)
+    ]
+    config = SynthConfig(judge_share=0.5, judge_holdout_percent=30)
+    judge = PointwiseJudge(backend=None, template=COMPACT_POINTWISE_TEMPLATE)  # type: ignore[arg-type]
+    sft, pairs = judge_training_data(
+        answers, judge, config, answer_rows=(100, 40), explain=lambda a: None
+    )
+    assert len(sft) == 100 and len(pairs) == 40  # judge_share 0.5: as many as the others
+    held = {i for i, p in enumerate(prompts) if in_judge_holdout(prompt_hash(p), 30)}
+    assert 30 < len(held) < 90  # the split holds some of these prompts
+    used = {row.interaction_id for row in sft} | {
+        answers[int(p.prompt[-1]["content"].split("Q: What is ")[1].split("+")[0])].interaction_id
+        for p in pairs
+    }
+    assert used and not used & held
+    assert all(p.task == "judge" and p.origin == "judge" for p in pairs)
