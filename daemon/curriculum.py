@@ -19,14 +19,18 @@ declares an answer format, never holds training back):
    refined).
 4. Trained but the parse rate is low and SFT data too few: wait for SFT data (preference
    pairs and rewards on answers that do not parse teach little).
-5. DPO when there are `min_pairs` fresh preference pairs, unless the newest finished cycle
+5. RL when DPO trained the production adapter and `min_rl_prompts` verifiable prompts are
+   solved sometimes but not always, unless the newest finished cycle was an RL the gate
+   rejected: the curriculum's order is SFT, then DPO, then RL, so preference data that
+   keeps arriving (every correction makes a pair) does not hold RL back for ever.
+6. DPO when there are `min_pairs` fresh preference pairs, unless the newest finished cycle
    was a DPO the gate rejected: then a stage that is ready steps in (RL, else SFT) before
    DPO is tried again; the same holds for RL.
-6. RL when `min_rl_prompts` verifiable prompts are solved sometimes but not always (the
+7. RL when `min_rl_prompts` verifiable prompts are solved sometimes but not always (the
    reward has variance there).
-7. SFT again when there are `min_sft_examples` fresh SFT examples and neither DPO nor RL is
+8. SFT again when there are `min_sft_examples` fresh SFT examples and neither DPO nor RL is
    ready: fresh SFT data alone never holds DPO or RL back once answers parse.
-8. Otherwise wait.
+9. Otherwise wait.
 """
 
 from __future__ import annotations
@@ -90,6 +94,8 @@ class CurriculumState:
     """Tasks an SFT stage on the production line has trained on."""
     last_rejected: str | None = None
     """The stage of the newest finished cycle when the gate rejected it (else None)."""
+    production_stage: str | None = None
+    """The stage that trained the production adapter (None: production is the base)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,8 @@ def criteria(state: CurriculumState, settings: CurriculumSettings) -> list[str]:
     ]
     if s.sft_runs == 0:
         out.append(f"allow_rl_zero {str(c.allow_rl_zero).lower()}")
+    if s.production_stage is not None:
+        out.append(f"production was trained by {s.production_stage.upper()}")
     if s.last_rejected is not None:
         out.append(f"the last {s.last_rejected.upper()} cycle was rejected")
     if s.sft_runs and s.fresh_sft_by_task:
@@ -197,6 +205,8 @@ def decide(state: CurriculumState, settings: CurriculumSettings) -> Decision:
         return said(None, "Waiting (no SFT yet and too little SFT data; DPO and RL need SFT)")
     if parse_low:
         return said(None, "Waiting for SFT data (too few answers parse for DPO or RL)")
+    if rl_ready and state.production_stage == "dpo" and state.last_rejected != "rl":
+        return said("rl", "RL (DPO trained production, and the reward has variance)")
     if pairs_ready and state.last_rejected != "dpo":
         return said("dpo", "DPO (SFT has run, answers parse, enough fresh pairs)")
     if rl_ready and state.last_rejected != "rl":

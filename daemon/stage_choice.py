@@ -75,7 +75,18 @@ def curriculum_state(
         fresh_sft_by_task=dict(by_task),
         sft_tasks=sft_trained_tasks(engine),
         last_rejected=last_rejected(engine),
+        production_stage=production_stage(engine),
     )
+
+
+def production_stage(engine: Engine) -> str | None:
+    """The stage that trained the production adapter (None: the base is production)."""
+    with session_scope(engine) as s:
+        version = adapters.production(s)
+        if version is None:
+            return None
+        row = s.get(AdapterVersion, version)
+        return row.stage if row is not None else None
 
 
 def last_rejected(engine: Engine) -> str | None:

@@ -107,3 +107,21 @@ def test_a_rejected_stage_steps_aside_once() -> None:
         "dpo"
     )
     assert decide(CurriculumState(rl_prompts=10, last_rejected="rl", **ready), s).stage == "dpo"
+
+
+def test_rl_follows_dpo_while_pairs_keep_arriving() -> None:
+    """SFT, then DPO, then RL: once DPO trained production, RL goes next when its reward
+    varies, though pairs are plenty; then DPO again; a rejected RL gives DPO its turn."""
+    s = CurriculumSettings(min_sft_examples=4, min_pairs=4, min_rl_prompts=4)
+    ready = {"fresh_sft": 10, "fresh_pairs": 10, "sft_runs": 1, "parse_rate": 0.9}
+    after_sft = decide(CurriculumState(rl_prompts=10, production_stage="sft", **ready), s)
+    assert after_sft.stage == "dpo" and "production was trained by SFT" in after_sft.reason
+    after_dpo = decide(CurriculumState(rl_prompts=10, production_stage="dpo", **ready), s)
+    assert after_dpo.stage == "rl" and "DPO trained production" in after_dpo.reason
+    assert "production was trained by DPO" in after_dpo.reason
+    no_variance = CurriculumState(rl_prompts=1, production_stage="dpo", **ready)
+    assert decide(no_variance, s).stage == "dpo"
+    after_rl = decide(CurriculumState(rl_prompts=10, production_stage="rl", **ready), s)
+    assert after_rl.stage == "dpo"
+    rejected = CurriculumState(rl_prompts=10, production_stage="dpo", last_rejected="rl", **ready)
+    assert decide(rejected, s).stage == "dpo"

@@ -189,7 +189,7 @@ def test_choose_stage_picks_sft_then_dpo_then_rl_from_the_rows(
     synth_run(engine, [("a", "7", 1.0), ("a", "6", 0.0), ("b", "7", 1.0), ("b", "7", 1.0)])
     add_pairs(engine, 1, "p3-")
     stage, reason = choose()
-    assert stage == "rl"
+    assert stage == "rl" and "DPO trained production" in reason  # read from the registry
     assert "1 fresh pairs < 3 (min_pairs)" in reason
     assert "4 prompts solved sometimes but not always >= 2 (min_rl_prompts)" in reason
 
