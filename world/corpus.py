@@ -3,10 +3,11 @@
 Lines are equations ("3+4=7"), spelled-out facts ("3 plus 4 is 7.", "The sum of 3 and 4 is
 7."), bare questions in the tasks' phrasings ("Compute 3 plus 4.") and questions followed by
 their equation ("Compute 3 plus 4. 3+4=7"), questions only from the train side of the
-split. They are packed, newline-separated, into fixed-length blocks that start with
-`<|bos|>`. There is no chat markup, so a model pretrained on it knows the world's facts and
-text but has never answered in a chat: its chat answers score near 0 until tutord's cycles
-teach it. It does not train anything.
+split. They are packed into fixed-length blocks that start with `<|bos|>`, each line ended
+by the tokenizer's end-of-text token (`<|end|>`) and a newline, as a real base model has
+seen its end-of-text token close documents. There is no chat markup, so a model pretrained
+on it knows the world's facts and text but has never answered in a chat: its chat answers
+score near 0 until tutord's cycles teach it. It does not train anything.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ class CorpusConfig:
     held-out add after one SFT cycle, against 0.03 -> 0.85 with them)."""
     block_size: int = 64
     """Tokens per training sequence, `<|bos|>` included."""
+    end_of_text: bool = True
+    """End each line with the tokenizer's end-of-text token. Without it that token's
+    embedding is never trained: it stays in the cluster of unused tokens' embeddings, which
+    a LoRA cannot move, so no amount of SFT raised its probability after an answer above
+    0.31, and sampled answers trailed stray characters ('6+17=23x.'; measured on the base
+    shipped before 2026-12-04)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -100,8 +107,9 @@ def sample_text(
 class CorpusStream(IterableDataset):
     """Endless `{"input_ids", "attention_mask", "labels"}` blocks of `block_size` tokens.
 
-    Each block is `<|bos|>` followed by whole lines (the last one cut at the block's end).
-    The same seed gives the same stream; each new iteration starts it afresh.
+    Each block is `<|bos|>` followed by whole lines, each ended by the end-of-text token
+    when `end_of_text` (the last one cut at the block's end). The same seed gives the same
+    stream; each new iteration starts it afresh.
     """
 
     def __init__(
@@ -120,11 +128,14 @@ class CorpusStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         lines = CorpusLines(self.corpus, self.world, self.seed)
         size = self.corpus.block_size
+        end = (self.tokenizer.eos_token or "") if self.corpus.end_of_text else ""
+        start = self.tokenizer("", add_special_tokens=True)["input_ids"]  # <|bos|>
         while True:
-            text = ""
-            while len(text) < size:  # one token per character, plus <|bos|>
-                text += lines.line() + "\n"
-            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"][:size]
+            ids = list(start)
+            while len(ids) < size:
+                line = lines.line() + end + "\n"
+                ids += self.tokenizer(line, add_special_tokens=False)["input_ids"]
+            ids = ids[:size]
             input_ids = torch.tensor(ids, dtype=torch.long)
             yield {
                 "input_ids": input_ids,

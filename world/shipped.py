@@ -1,7 +1,7 @@
 """The world's base model as shipped in the package (`world/base/`), checked by hash.
 
 Pretraining the world's model to where it knows its arithmetic facts (`a+b=` completed right
-for every operand pair) takes about 6 minutes on one CPU thread, so the package ships the
+for every operand pair) takes 6 to 10 minutes on one CPU thread, so the package ships the
 result of `tutord world bootstrap` with the default settings: the model folder in
 `world/base/` and the SHA-256 of its weights here. `bootstrap` copies it instead of training
 when the settings asked for are exactly the ones it was made with and the weights hash to
@@ -24,7 +24,7 @@ from stages.atomic import replace_dir, sha256_file
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "base"
 WEIGHTS = "model.safetensors"
-SHA256 = "c918e300f5682a9c31f45cb0704d343828b10d34f57120d5a3e8fdfeb8e9b61c"
+SHA256 = "1dc2f5601f56ff1262d7d7057454f5cbb844f3aa13ecdf8fccdbdaa23e1007c9"
 """SHA-256 of the shipped `model.safetensors`."""
 
 

@@ -87,6 +87,11 @@ def test_corpus_blocks() -> None:
     assert block["labels"].tolist() == block["input_ids"].tolist()
     again = next(iter(CorpusStream(tok, seed=0)))
     assert again["input_ids"].tolist() == block["input_ids"].tolist()
+    # every line ends with the end-of-text token, so pretraining trains its embedding
+    ids = block["input_ids"].tolist()
+    newline = tok.convert_tokens_to_ids("\n")
+    breaks = [i for i, t in enumerate(ids) if t == newline]
+    assert len(breaks) >= 3 and all(ids[i - 1] == tok.eos_token_id for i in breaks)
 
 
 def test_cli_logs_stdout_and_file(tmp_path: Path) -> None:
