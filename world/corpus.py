@@ -3,8 +3,9 @@
 Lines are equations ("3+4=7"), spelled-out facts ("3 plus 4 is 7.", "The sum of 3 and 4 is
 7."), bare questions in the tasks' phrasings ("Compute 3 plus 4.") and questions followed by
 their equation ("Compute 3 plus 4. 3+4=7"), questions only from the train side of the
-split. They are packed into fixed-length blocks that start with `<|bos|>`, each line ended
-by the tokenizer's end-of-text token (`<|end|>`) and a newline, as a real base model has
+split, and comparisons of two numbers ("32 vs 32: same.", "32 vs 23: different."). They
+are packed into fixed-length blocks that start with `<|bos|>`, each line ended by the
+tokenizer's end-of-text token (`<|end|>`) and a newline, as a real base model has
 seen its end-of-text token close documents. There is no chat markup, so a model pretrained
 on it knows the world's facts and text but has never answered in a chat: its chat answers
 score near 0 until tutord's cycles teach it. It does not train anything.
@@ -22,7 +23,7 @@ from torch.utils.data import IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from world.config import WorldConfig
-from world.tasks import Problem, TaskFamily, families
+from world.tasks import DIFFERENT_BY, Problem, TaskFamily, compare_line, families
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,9 @@ class CorpusConfig:
     """What the pretraining text is made of."""
 
     families: tuple[str, ...] = ("add", "sub", "mul")
-    equation_weight: float = 0.45
+    equation_weight: float = 0.35
     """Share of lines like '3+4=7'."""
-    statement_weight: float = 0.2
+    statement_weight: float = 0.15
     """Share of lines like '3 plus 4 is 7.' or '3 + 4 = 7'."""
     question_weight: float = 0.05
     """Share of bare questions (no answer), train split only."""
@@ -42,6 +43,14 @@ class CorpusConfig:
     model learns to copy them (without such lines, SFT cannot teach a model this small to
     read the operands of a chat question in a few hundred steps: measured 0.03 -> 0.03
     held-out add after one SFT cycle, against 0.03 -> 0.85 with them)."""
+    compare_weight: float = 0.15
+    """Share of comparisons of two numbers, equal half the time: '32 vs 32: same.', '32 vs
+    31: different.' (the other number near, digits swapped, or any). A real base model can
+    tell two numbers apart; the world's self-judge ends its reasoning with such a comparison
+    of the right result and the answer's (`world.pack`). Without these lines its
+    Correct/Wrong followed its own, correct, comparison no better than chance (0.56-0.60
+    teacher-forced, after 300 SFT steps on up to 1,000 judge examples; measured
+    2026-12-04), while 900 steps of these lines alone taught the base 0.99."""
     block_size: int = 64
     """Tokens per training sequence, `<|bos|>` included."""
     end_of_text: bool = True
@@ -66,12 +75,13 @@ class CorpusLines:
         self.questions: dict[str, list[Problem]] = {
             f.name: f.all_problems("train") for f in self.families
         }
-        self.kinds = ("equation", "statement", "question", "worked")
+        self.kinds = ("equation", "statement", "question", "worked", "compare")
         self.weights = (
             corpus.equation_weight,
             corpus.statement_weight,
             corpus.question_weight,
             corpus.worked_weight,
+            corpus.compare_weight,
         )
         self.rng = random.Random(f"corpus:{seed}")
 
@@ -84,9 +94,27 @@ class CorpusLines:
         if kind == "worked":
             problem = rng.choice(self.questions[family.name])
             return f"{problem.prompt} {problem.worked}"
+        if kind == "compare":
+            return self.comparison(family)
         a, b = rng.choice(family.operand_pairs)
         form = 0 if kind == "equation" else rng.randrange(1, len(family.statements))
         return family.statement(a, b, form)
+
+    def comparison(self, family: TaskFamily) -> str:
+        """Two results of `family` compared: the same, near, digits swapped, or another."""
+        rng = self.rng
+        a, b = rng.choice(family.operand_pairs)
+        x = family.op(a, b)
+        how = rng.randrange(4)
+        if rng.random() < 0.5:
+            y = x
+        elif how == 0 and abs(x) > 9 and str(abs(x))[::-1] != str(abs(x)):
+            y = int(str(abs(x))[::-1]) * (1 if x >= 0 else -1)
+        elif how == 1:
+            y = family.op(*rng.choice(family.operand_pairs))
+        else:
+            y = x + rng.choice(DIFFERENT_BY)
+        return compare_line(x, y)
 
     def __iter__(self) -> Iterator[str]:
         while True:

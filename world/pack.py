@@ -17,7 +17,7 @@ from functools import cache
 from judges.tasks import Task, TaskItem
 from world.config import WorldConfig
 from world.schedule import DEFAULT_RELEASE, live_families
-from world.tasks import Problem, TaskFamily, families
+from world.tasks import Problem, TaskFamily, compare_line, families
 from world.verify import final_integer
 
 GRADER = "world.verify:verify_integer"
@@ -34,7 +34,8 @@ def _item(problem: Problem) -> TaskItem:
 def _explainer(family: TaskFamily) -> Callable[[str, str, str], str | None]:
     """The reason of a verdict on an answer to a family's question (`Task.explain`): the
     worked equation, its operands in the order every phrasing states them (as the
-    pretraining corpus writes equations), then the number the grader reads in the answer.
+    pretraining corpus writes equations), compared with the number the grader reads in the
+    answer as the corpus compares numbers (`world.tasks.compare_line`).
     """
 
     def explain(text: str, reference: str, response: str) -> str | None:
@@ -44,9 +45,8 @@ def _explainer(family: TaskFamily) -> Callable[[str, str, str], str | None]:
         a, b = (int(n) for n in numbers)
         if family.op(a, b) != int(reference):
             return None
-        got = final_integer(response)
-        read = "no number" if got is None else str(got)
-        return f"Should be {a}{family.symbol}{b}={int(reference)}, got {read}."
+        compared = compare_line(int(reference), final_integer(response))
+        return f"{a}{family.symbol}{b}={compared}"
 
     return explain
 
@@ -83,7 +83,7 @@ def arith_tasks(
     >>> add.is_heldout(add.heldout()[0].prompt), add.is_heldout(add.pool(1, 0)[0].prompt)
     (True, False)
     >>> add.explain("How much is 19 plus 5?", "24", "19+5=23")
-    'Should be 19+5=24, got 23.'
+    '19+5=24 vs 23: different.'
     >>> add.explain("19 plus 5?", "25", "25") is None
     True
     """

@@ -24,7 +24,7 @@ from stages.atomic import replace_dir, sha256_file
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "base"
 WEIGHTS = "model.safetensors"
-SHA256 = "1dc2f5601f56ff1262d7d7057454f5cbb844f3aa13ecdf8fccdbdaa23e1007c9"
+SHA256 = "ab34344be2aaec5927c1bd5f3ac42da72c03832895e6019eb5b0441d6753073d"
 """SHA-256 of the shipped `model.safetensors`."""
 
 

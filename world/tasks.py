@@ -228,3 +228,18 @@ def get_family(name: str, config: WorldConfig | None = None) -> TaskFamily:
     if name not in known:
         raise KeyError(f"unknown task family {name!r}; known: {', '.join(known)}")
     return known[name]
+
+
+DIFFERENT_BY = (-10, -2, -1, 1, 2, 10)
+"""How far the second number of a `different` comparison line often is from the first."""
+
+
+def compare_line(x: int, y: int | None) -> str:
+    """A comparison of two written numbers (None: no number), as the pretraining corpus
+    states them and the world's self-judge concludes its verdicts (`world.pack`).
+
+    >>> compare_line(32, 32), compare_line(32, 23), compare_line(7, None)
+    ('32 vs 32: same.', '32 vs 23: different.', '7 vs none: different.')
+    """
+    shown = "none" if y is None else str(y)
+    return f"{x} vs {shown}: {'same' if x == y else 'different'}."
