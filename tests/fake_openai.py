@@ -85,11 +85,12 @@ class FakeOpenAI:
 
 
 @contextlib.contextmanager
-def serving(fake: FakeOpenAI) -> Iterator[str]:
-    """`fake` under uvicorn on a free port of 127.0.0.1; yields its root URL."""
+def serve_app(app: Any) -> Iterator[str]:
+    """An ASGI `app` under uvicorn on a free port of 127.0.0.1, in a thread; yields its root
+    URL and stops the server on exit."""
     port = free_port()
     config = uvicorn.Config(
-        fake.app(), host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
+        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -103,3 +104,8 @@ def serving(fake: FakeOpenAI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def serving(fake: FakeOpenAI) -> contextlib.AbstractContextManager[str]:
+    """`fake` under uvicorn on a free port of 127.0.0.1; yields its root URL."""
+    return serve_app(fake.app())

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, func, select
 
 from daemon import adapters
-from daemon.home import SUBDIRS, Home
+from daemon.home import Home
 from daemon.models import Cycle, GateDecision
 from daemon.service.api import ServiceState, make_app
 from daemon.settings import Settings
@@ -44,14 +44,6 @@ PAIR = {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": "4", "rejecte
 
 def settings(**service: Any) -> Settings:
     return Settings(service={"api_token": TOKEN, **service})
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    root = tmp_path / "home"
-    for sub in SUBDIRS:
-        (root / sub).mkdir(parents=True)
-    return Home(root)
 
 
 @pytest.fixture

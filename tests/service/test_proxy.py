@@ -24,14 +24,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
 from daemon import adapters
-from daemon.home import SUBDIRS, Home
+from daemon.home import Home
 from daemon.service.exchange import Exchange, SSEReader, Target, interaction_id_for_request
 from daemon.service.proxy import HEADER
 from daemon.service.proxy import make_proxy_router as make_router
@@ -39,6 +38,7 @@ from daemon.settings import Settings
 from replay.db import session_scope
 from replay.models import Interaction
 from stages import registry
+from tests.fake_openai import serve_app as serve
 from tests.registry_support import publish_version
 from tests.server_support import free_port
 
@@ -48,27 +48,6 @@ QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 
 # ------------------------------------------------------------------ servers in threads
-
-
-@contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """`app` under uvicorn on a free port of 127.0.0.1, in a thread; yields its root URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def sse(event: Any) -> bytes:
@@ -162,14 +141,6 @@ class FakeServer:
 
 
 # ------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    root = tmp_path / "home"
-    for sub in SUBDIRS:
-        (root / sub).mkdir(parents=True)
-    return Home(root)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from daemon import adapters
 from daemon.adapter_serving import ServingError, rollback_served
 from daemon.cli import app
-from daemon.home import SUBDIRS, Home
+from daemon.home import Home
 from daemon.service.api import make_app
 from daemon.settings import Settings
 from replay.db import make_engine, session_scope
@@ -61,14 +61,6 @@ def base(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
     return folder
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    root = tmp_path / "home"
-    for sub in SUBDIRS:
-        (root / sub).mkdir(parents=True)
-    return Home(root)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from daemon import lease
-from daemon.home import SUBDIRS, Home
+from daemon.home import Home
 from daemon.models import Cycle, ServiceJob
 from daemon.service.jobs import is_due, make_jobs
 from daemon.service.runner import Service, run_once
@@ -34,14 +34,6 @@ def no_fence_left() -> Iterator[None]:
     installed, as a process that stops leading does: later tests must not inherit it."""
     yield
     lease.set_fence(None)
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Home:
-    root = tmp_path / "home"
-    for sub in SUBDIRS:
-        (root / sub).mkdir(parents=True)
-    return Home(root)
 
 
 @pytest.fixture
