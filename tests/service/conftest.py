@@ -1,4 +1,4 @@
-"""Fixtures shared by the service's tests: a home with its folders made."""
+"""Fixtures shared by the service's tests: a home with its folders made, a fake base model."""
 
 from __future__ import annotations
 
@@ -15,3 +15,12 @@ def home(tmp_path: Path) -> Home:
     for sub in SUBDIRS:
         (root / sub).mkdir(parents=True)
     return Home(root)
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    """A (fake) base model folder: the name the server serves the base under."""
+    folder = tmp_path / "base"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
+    return folder

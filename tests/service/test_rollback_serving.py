@@ -55,15 +55,6 @@ def promote_two(engine: Engine, home: Home, base: Path) -> None:
 
 
 @pytest.fixture
-def base(tmp_path: Path) -> Path:
-    """A (fake) base model folder: the name the server serves the base under."""
-    folder = tmp_path / "base"
-    folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
-    return folder
-
-
-@pytest.fixture
 def fake(db_engine: Engine, base: Path) -> Iterator[tuple[FakeOpenAI, str]]:
     """The fake server; every request notes production as it stood when it arrived."""
     server = FakeOpenAI(str(base), observe=lambda: production(db_engine))

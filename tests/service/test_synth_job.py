@@ -37,14 +37,6 @@ def no_fence_left() -> Iterator[None]:
 
 
 @pytest.fixture
-def base(tmp_path: Path) -> Path:
-    folder = tmp_path / "base"
-    folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
-    return folder
-
-
-@pytest.fixture
 def server(base: Path) -> Iterator[tuple[FakeOpenAI, str]]:
     fake = FakeOpenAI(str(base))
     with serving(fake) as url:
