@@ -79,6 +79,35 @@ def decision_accuracy(
     return hits / len(rows)
 
 
+def generated_accuracy(
+    model: Any, tokenizer: Any, rows: list[tuple[list[dict[str, str]], bool]]
+) -> dict[str, float]:
+    """The judge as synthesis uses it: greedy verdicts for the rubric prompts, parsed
+    (`parse_score`), against the truth; the share of right answers it passes and of wrong
+    answers it fails (an unparseable verdict counts against it)."""
+    import torch
+
+    from judges.llm_judge import parse_score
+
+    passed = {True: 0, False: 0}
+    total = {True: 0, False: 0}
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    for chat, right in rows:
+        ids = tokenizer.apply_chat_template(chat[:1], add_generation_prompt=True, return_dict=True)
+        prompt = torch.tensor([ids["input_ids"]])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=prompt, max_new_tokens=56, do_sample=False, eos_token_id=end
+            )
+        score = parse_score(tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=True))
+        total[right] += 1
+        passed[right] += score is not None and (score >= 2.5) == right
+    return {
+        "right_passed": round(passed[True] / max(total[True], 1), 3),
+        "wrong_failed": round(passed[False] / max(total[False], 1), 3),
+    }
+
+
 def run(base: Path, n_examples: int, steps: int, seed: int) -> dict[str, Any]:
     from datasets import Dataset
     from peft import LoraConfig
@@ -125,6 +154,7 @@ def run(base: Path, n_examples: int, steps: int, seed: int) -> dict[str, Any]:
             "heldout_before": round(before, 3),
             "train_after": round(decision_accuracy(model, tokenizer, train[:300]), 3),
             "heldout_after": round(decision_accuracy(model, tokenizer, heldout), 3),
+            "generated_heldout": generated_accuracy(model, tokenizer, heldout[:200]),
         }
 
 

@@ -193,10 +193,19 @@ def test_an_asked_stage_is_honoured_and_skipped_without_fresh_data(home: Path) -
     manifest = registry.verify(registry.adapter_path(home / "adapters", int(done["candidate"][1:])))
     assert manifest.stage == "dpo"
 
-    # No new logs, and candidates that cannot differ (a nucleus of one token): this cycle's
-    # synthesis can make no pair, and the feedback pairs are all made already.
+    # No new logs, candidates that cannot differ (a nucleus of one token) and no judge
+    # training (whose pairs any graded candidate makes): this cycle's synthesis can make no
+    # pair, and the feedback pairs are all made already.
     again = tutord(
-        home, "cycle", "--stage", "dpo", "--seed", "41", "--json", TUTORD_SYNTH__TOP_P="1e-9"
+        home,
+        "cycle",
+        "--stage",
+        "dpo",
+        "--seed",
+        "41",
+        "--json",
+        TUTORD_SYNTH__TOP_P="1e-9",
+        TUTORD_SYNTH__JUDGE_SHARE="0",
     )
     assert again.returncode == 0, again.stdout + again.stderr
     skipped = json.loads(again.stdout)
