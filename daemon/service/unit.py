@@ -66,7 +66,7 @@ class UnitChoice:
     home: Path
     user: str = DEFAULT_USER
     group: str = ""
-    executable: Path = field(default_factory=this_tutord)
+    executable: Path = field(default_factory=lambda: this_tutord())
 
     @property
     def group_name(self) -> str:
