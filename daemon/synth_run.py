@@ -14,7 +14,6 @@ gets and the tasks' graders are picked in `daemon/synth_scoring.py`.
 from __future__ import annotations
 
 import hashlib
-import logging
 import random
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -52,8 +51,6 @@ from replay.models import (
     utcnow,
 )
 from stages.generate.api import GenerationBackend
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
