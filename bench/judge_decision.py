@@ -7,12 +7,18 @@ right answers and half on near misses (off by 1, 2, 3 or 10), from the training 
 every family; trains a LoRA on them with TRL's SFTTrainer (the stages' recipe: rank 16,
 all linear layers, lr 3e-3, batch 16, loss on the answer only); then measures, teacher-
 forced up to the decision (the comparison's "same" or "different", which Correct/Wrong
-then follow), how often the judge decides right on the held-out split. It measures; it
-changes no model and stores nothing.
+then follow), how often the judge decides right on the held-out split; and its greedy
+verdicts, parsed as synthesis parses them: the share of right answers it passes and of
+wrong ones it fails. It measures; it changes no model and stores nothing.
 
-    .venv/bin/python bench/judge_decision.py --base world/base --examples 1000 --steps 300
+    .venv/bin/python bench/judge_decision.py --base world/base --examples 1000 --steps 900
 
-One run takes about 3 minutes on one thread.
+Measured on the shipped base (2026-12-04), seed 0: with the verdict "14+18=32 vs 31:
+different." greedy verdicts passed 0.87 of right answers and failed 0.18 of wrong ones
+after 900 steps (0.98 / 0.02 after 300): the judge copied the result it had just worked
+out into the comparison. Quoting the answer's number first ("Said 31. 14+18=32 vs 31:
+different.", the world's reason now), 0.94 / 0.98 after 900 steps (0.71 / 0.51 after
+300). One run takes about 3 minutes on one thread at 300 steps, 7 at 900.
 """
 
 from __future__ import annotations

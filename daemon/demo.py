@@ -98,6 +98,9 @@ class CycleRow:
     """The curriculum's one-sentence reason for the stage."""
     judge_agreement: float | None = None
     """The cycle's synthesis run: judge-verifier agreement on held-out verifiable candidates."""
+    judge_balanced: float | None = None
+    """The same, balanced: the mean of the shares of right answers the judge passed and of
+    wrong answers it failed (None when one kind was missing)."""
 
 
 def _settings(home: Home, replay_ratio: float | None, judge: bool = True) -> Settings:
@@ -138,7 +141,7 @@ def cycle_row(
             gate = s.execute(select(GateDecision).where(GateDecision.cycle_id == cycle_id)).scalar()
             cycle = s.get(Cycle, cycle_id)
             run = s.get(SynthRun, cycle.synth_run_id) if cycle and cycle.synth_run_id else None
-            agreement = (run.health or {}).get("agreement") if run else None
+            health = (run.health or {}) if run else {}
             curriculum = (cycle.decision_reason or "") if cycle else ""
     finally:
         engine.dispose()
@@ -153,7 +156,8 @@ def cycle_row(
         gate.reason if gate else summary_reason,
         round(seconds, 1),
         curriculum,
-        agreement,
+        health.get("agreement"),
+        health.get("balanced"),
     )
 
 
@@ -227,17 +231,22 @@ def table(rows: list[CycleRow], families: tuple[str, ...] = ("add", "sub", "mul"
     head = "cycle  arrived  stage  candidate  " + "  ".join(
         f"{f + ': prod->cand':>{width}}" for f in families
     )
-    lines = [head + "  decision", "-" * (len(head) + 10)]
+    lines = [head + "  judge agr/bal  decision", "-" * (len(head) + 25)]
     for r in rows:
         cells = "  ".join(
             f"{_fmt(r.production_before, f) + ' -> ' + _fmt(r.candidate_scores, f):>{width}}"
             for f in families
         )
+        judge = f"{_share(r.judge_agreement)}/{_share(r.judge_balanced)}"
         lines.append(
             f"{r.cycle:>5}  {r.arrived or '-':<7}  {r.stage or '-':<5}  {r.candidate or '-':<9}  "
-            f"{cells}  {r.outcome or 'skipped'} ({r.seconds:.0f} s)"
+            f"{cells}  {judge:<13}  {r.outcome or 'skipped'} ({r.seconds:.0f} s)"
         )
     return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def run_demo(

@@ -89,8 +89,9 @@ class SynthConfig:
     judge_weight: Positive = 0.5
     """Weight of the judge's score in the combined reward."""
     agreement_floor: Share = 0.6
-    """When the judge agrees with the verifiers on fewer verifiable candidates than this
-    share, no pair that only the judge decided is produced."""
+    """When the judge's balanced agreement with the verifiers (the mean of the shares of
+    right answers it passes and of wrong answers it fails; plain agreement when only one
+    kind was measured) is below this, no pair that only the judge decided is produced."""
     min_agreement_rows: NonNegativeInt = 5
     """Verifiable candidates needed to measure that agreement (fewer: no judge-only pairs)."""
     interaction_share: Share = 0.5
@@ -164,6 +165,14 @@ class JudgeHealth:
     floor: float
     ok: bool
     message: str
+    passes_right: float | None = None
+    """Share of the verifiably right candidates the judge passed (its sensitivity)."""
+    fails_wrong: float | None = None
+    """Share of the verifiably wrong candidates the judge failed (its specificity). A judge
+    that passes everything agrees often when most answers are right, and fails none."""
+    balanced: float | None = None
+    """Mean of `passes_right` and `fails_wrong`, when both kinds were measured: the
+    agreement the floor is held to, since the base rate of right answers cannot raise it."""
 
     @property
     def abstention_rate(self) -> float:
@@ -226,6 +235,14 @@ def judge_health(
     agreement = (
         sum(1 for j, v in both if (j >= 0.5) == (v >= 0.5)) / len(both) if both else None  # type: ignore[operator]
     )
+    passes_right = _share([j >= 0.5 for j, v in both if v >= 0.5])  # type: ignore[operator]
+    fails_wrong = _share([j < 0.5 for j, v in both if v < 0.5])  # type: ignore[operator]
+    balanced = (
+        None
+        if passes_right is None or fails_wrong is None
+        else round((passes_right + fails_wrong) / 2, 6)
+    )
+    held_to = balanced if balanced is not None else agreement
     scored = [
         (float(len(c.completion)), c.scores["judge"])
         for c in judged
@@ -240,17 +257,42 @@ def judge_health(
             f"judge agreement unknown ({len(both)} verifiable judged candidates, "
             f"need {config.min_agreement_rows}): no judge-decided pairs"
         )
-    elif agreement < config.agreement_floor:
-        ok = False
-        message = (
-            f"JUDGE UNRELIABLE: agrees with verifiers on {agreement:.0%} of {len(both)} "
-            f"candidates, below the floor {config.agreement_floor:.0%}: no judge-decided pairs"
-        )
     else:
-        ok, message = True, f"judge agrees with verifiers on {agreement:.0%} of {len(both)}"
+        measured_on = f"agrees with verifiers on {agreement:.0%} of {len(both)}" + (
+            ""
+            if balanced is None
+            else f" (passes {passes_right:.0%} of right answers, fails {fails_wrong:.0%} of "
+            f"wrong ones: balanced {balanced:.0%})"
+        )
+        ok = held_to is not None and held_to >= config.agreement_floor
+        message = (
+            f"judge {measured_on}"
+            if ok
+            else f"JUDGE UNRELIABLE: {measured_on}, below the floor "
+            f"{config.agreement_floor:.0%}: no judge-decided pairs"
+        )
     return JudgeHealth(
-        len(judged), abstained, agreement, len(both), length_r, config.agreement_floor, ok, message
+        len(judged),
+        abstained,
+        agreement,
+        len(both),
+        length_r,
+        config.agreement_floor,
+        ok,
+        message,
+        passes_right,
+        fails_wrong,
+        balanced,
     )
+
+
+def _share(flags: Sequence[bool]) -> float | None:
+    """Share of True in `flags`, None when empty.
+
+    >>> _share([True, False, True, True]), _share([])
+    (0.75, None)
+    """
+    return round(sum(flags) / len(flags), 6) if flags else None
 
 
 def judge_decided(best: Candidate, worst: Candidate) -> bool:

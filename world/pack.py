@@ -33,9 +33,15 @@ def _item(problem: Problem) -> TaskItem:
 
 def _explainer(family: TaskFamily) -> Callable[[str, str, str], str | None]:
     """The reason of a verdict on an answer to a family's question (`Task.explain`): the
-    worked equation, its operands in the order every phrasing states them (as the
-    pretraining corpus writes equations), compared with the number the grader reads in the
-    answer as the corpus compares numbers (`world.tasks.compare_line`).
+    number the grader reads in the answer, quoted first; then the worked equation, its
+    operands in the order every phrasing states them (as the pretraining corpus writes
+    equations), compared with that number as the corpus compares numbers
+    (`world.tasks.compare_line`).
+
+    The quote comes first because the judge must read the answer's number, not recompute
+    it: with the comparison alone a judge trained 900 steps copied the right result into
+    it and failed 0.18 of wrong answers; quoting first, it failed 0.98 and passed 0.94 of
+    right ones (`bench/judge_decision.py`, 2026-12-04).
     """
 
     def explain(text: str, reference: str, response: str) -> str | None:
@@ -45,8 +51,9 @@ def _explainer(family: TaskFamily) -> Callable[[str, str, str], str | None]:
         a, b = (int(n) for n in numbers)
         if family.op(a, b) != int(reference):
             return None
-        compared = compare_line(int(reference), final_integer(response))
-        return f"{a}{family.symbol}{b}={compared}"
+        said = final_integer(response)
+        compared = compare_line(int(reference), said)
+        return f"Said {'none' if said is None else said}. {a}{family.symbol}{b}={compared}"
 
     return explain
 
@@ -83,7 +90,7 @@ def arith_tasks(
     >>> add.is_heldout(add.heldout()[0].prompt), add.is_heldout(add.pool(1, 0)[0].prompt)
     (True, False)
     >>> add.explain("How much is 19 plus 5?", "24", "19+5=23")
-    '19+5=24 vs 23: different.'
+    'Said 23. 19+5=24 vs 23: different.'
     >>> add.explain("19 plus 5?", "25", "25") is None
     True
     """

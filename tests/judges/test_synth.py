@@ -106,6 +106,28 @@ def test_judge_health_gates_judge_decided_pairs(right: str, wrong: str, healthy:
     assert sum(1 for p in result.pairs if not p.judge_decided) == 3
 
 
+def test_a_judge_that_passes_everything_is_held_to_balanced_agreement() -> None:
+    """Nine right answers in ten: a judge that says 'Score: 5' to all agrees on 90% of
+    them, fails no wrong answer, and is refused (balanced agreement 50%)."""
+
+    def reply(text: str, params: SamplingParams) -> list[str]:
+        if "<response>" in text:
+            return ["Score: 5"]
+        return (["7"] * 9 + ["8"])[: params.n]
+
+    backend = ScriptedBackend(reply)
+    result = synth(
+        [PromptItem(Q, "add", "7")],
+        backend,
+        SynthConfig(n=10, judge_holdout_percent=0),
+        PointwiseJudge(backend),
+    )
+    health = result.health
+    assert (health.agreement, health.passes_right, health.fails_wrong) == (0.9, 1.0, 0.0)
+    assert health.balanced == 0.5 and health.ok is False
+    assert "fails 0% of wrong ones: balanced 50%" in health.message
+
+
 @pytest.mark.parametrize("healthy", [True, False])
 def test_a_pair_of_two_wrong_answers_is_judge_decided(healthy: bool) -> None:
     """Equal verifier scores do not order a pair: the judge alone does, so the pair follows

@@ -131,7 +131,14 @@ def test_every_phrasing_explains_as_the_corpus_writes_equations(name: str) -> No
         reference = str(item.reference)
         line = task.explain(item.text, reference, f"It is {reference}")  # type: ignore[misc]
         assert line is not None and line.endswith(f"={reference} vs {reference}: same."), item.text
-        a, b = line.split("=")[0].split(symbol)
+        said, worked = line.split(". ", 1)
+        assert said == f"Said {reference}"  # the answer's number, quoted first
+        a, b = worked.split("=")[0].split(symbol)
         assert family.op(int(a), int(b)) == int(reference)
         assert task.explain(item.text, str(int(reference) + 1), "") is None  # type: ignore[misc]
-    assert task.explain(item.text, reference, "no idea").endswith(" vs none: different.")  # type: ignore[misc,union-attr]
+    unread = task.explain(item.text, reference, "no idea")  # type: ignore[misc]
+    assert unread is not None and unread.startswith("Said none. ")
+    assert unread.endswith(" vs none: different.")
+    off = int(reference) + 1
+    wrong = task.explain(item.text, reference, f"{item.text} {off}")  # type: ignore[misc]
+    assert wrong == f"Said {off}. {worked.split(' vs ')[0]} vs {off}: different."
