@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -172,18 +173,25 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+def store_exchanges(engine: Engine, exchanges: Sequence[Exchange], max_record_bytes: int) -> int:
+    """Store exchanges as interactions in one transaction; log each one refused; return how
+    many were stored. A database failure raises (nothing of the batch is stored)."""
+    result = ingest_records(
+        engine, [e.record() for e in exchanges], source=SOURCE, max_record_bytes=max_record_bytes
+    )
+    for error in result.errors:
+        where = f"{error.field}: " if error.field else ""
+        request_id = exchanges[error.index].request_id
+        log.warning("proxy: request %s not stored: %s%s", request_id, where, error.message)
+    return len(exchanges) - len(result.errors)
+
+
 def store_exchange(engine: Engine, exchange: Exchange, max_record_bytes: int) -> None:
     """Store the exchange as one interaction (one insert, one transaction); log, never raise."""
     try:
-        result = ingest_records(
-            engine, [exchange.record()], source=SOURCE, max_record_bytes=max_record_bytes
-        )
+        store_exchanges(engine, [exchange], max_record_bytes)
     except Exception:
         log.exception("proxy: cannot store request %s", exchange.request_id)
-        return
-    for error in result.errors:
-        where = f"{error.field}: " if error.field else ""
-        log.warning("proxy: request %s not stored: %s%s", exchange.request_id, where, error.message)
 
 
 class SSEReader:

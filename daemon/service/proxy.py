@@ -18,8 +18,9 @@ messages plus the reply (choice 0's text; with `n` > 1 the other choices are not
 `usage`, `upstream_status`, `client_disconnected` and, when the stream broke, `upstream_error`.
 A client that goes away mid-stream stops the relay (and the request to the server); what had
 arrived is stored. A stream the server breaks off ends with an SSE `error` event naming the
-server, and is stored as far as it got. The row is written once, in one transaction
-(`replay.ingest.ingest_records`), in a worker thread, after the exchange ends. The exchange,
+server, and is stored as far as it got. The row is written once, after the exchange ends
+and its answer is sent, by one writer thread that stores what has queued in one transaction
+(`daemon/service/exchange_writer.py`); the app's shutdown waits for it. The exchange,
 its record, reading it from an SSE stream and storing it are in `daemon/service/exchange.py`,
 whose `interaction_id_for_request` finds the row by request id (for `POST /v1/feedback` given
 a `request_id` instead of an interaction id).
@@ -61,7 +62,8 @@ from daemon import adapters
 from daemon.home import Home, HomeError
 from daemon.models import ProductionPointer
 from daemon.policy import base_model
-from daemon.service.exchange import Exchange, SSEReader, Target, storable, store_exchange
+from daemon.service.exchange import Exchange, SSEReader, Target, storable
+from daemon.service.exchange_writer import ExchangeWriter
 from daemon.settings import Settings
 from stages import registry
 
@@ -216,13 +218,12 @@ class RelayResponse(StreamingResponse):
     stops when the client goes away; stores the exchange once the relay is over."""
 
     def __init__(
-        self, exchange: Exchange, upstream: httpx.Response, url: str, engine: Engine, limit: int
+        self, exchange: Exchange, upstream: httpx.Response, url: str, writer: ExchangeWriter
     ) -> None:
         self.exchange = exchange
         self.upstream = upstream
         self.url = url
-        self.engine = engine
-        self.limit = limit
+        self.writer = writer
         self.sent_all = False
         super().__init__(
             self._chunks(),
@@ -269,10 +270,10 @@ class RelayResponse(StreamingResponse):
         await self.upstream.aclose()
         self.exchange.end()
         if self.exchange.storable:
-            await anyio.to_thread.run_sync(store_exchange, self.engine, self.exchange, self.limit)
+            self.writer.submit(self.exchange)
 
 
-async def relay_json(upstream: Upstream, exchange: Exchange, limit: int) -> Response:
+async def relay_json(upstream: Upstream, exchange: Exchange, writer: ExchangeWriter) -> Response:
     """Forward a non-streaming request; the exchange is stored after the answer is sent."""
     try:
         answer = await upstream.send_chat(exchange, stream=False)
@@ -295,11 +296,16 @@ async def relay_json(upstream: Upstream, exchange: Exchange, limit: int) -> Resp
         )
         return response
     response.headers[HEADER] = exchange.request_id
-    response.background = BackgroundTask(store_exchange, upstream.engine, exchange, limit)
+    response.background = BackgroundTask(_submit, writer, exchange)
     return response
 
 
-async def relay_stream(upstream: Upstream, exchange: Exchange, limit: int) -> Response:
+async def _submit(writer: ExchangeWriter, exchange: Exchange) -> None:
+    """Queue the exchange once its answer is sent (a coroutine: no worker-thread hop)."""
+    writer.submit(exchange)
+
+
+async def relay_stream(upstream: Upstream, exchange: Exchange, writer: ExchangeWriter) -> Response:
     """Open a streaming request; a 200 is relayed by `RelayResponse`, anything else answered."""
     try:
         answer = await upstream.send_chat(exchange, stream=True)
@@ -314,7 +320,7 @@ async def relay_stream(upstream: Upstream, exchange: Exchange, limit: int) -> Re
         finally:
             await answer.aclose()
         return upstream_failed(upstream.chat_url, answer)
-    return RelayResponse(exchange, answer, upstream.chat_url, upstream.engine, limit)
+    return RelayResponse(exchange, answer, upstream.chat_url, writer)
 
 
 async def _request_body(request: Request) -> dict[str, Any] | None:
@@ -343,7 +349,7 @@ def make_proxy_router(
     use and closes it when the app that includes the router shuts down.
     """
     upstream = Upstream(engine, home, settings, client)
-    limit = settings.ingest.max_line_bytes
+    writer = ExchangeWriter(engine, settings.ingest.max_line_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -351,6 +357,7 @@ def make_proxy_router(
             yield
         finally:
             await upstream.aclose()
+            await anyio.to_thread.run_sync(writer.close)
 
     router = APIRouter(dependencies=list(dependencies or ()), lifespan=lifespan)
 
@@ -367,7 +374,7 @@ def make_proxy_router(
             return _error(503, str(exc), "service_unavailable", upstream.base_url)
         exchange = Exchange(body, target, started=started, storable=storable(body))
         relay = relay_stream if body.get("stream") else relay_json
-        return await relay(upstream, exchange, limit)
+        return await relay(upstream, exchange, writer)
 
     @router.get("/v1/models")
     async def models() -> Response:
