@@ -191,7 +191,7 @@ def make_jobs(
     svc = settings.service
 
     def spool() -> str:
-        scan = scan_spool(engine, home.root / svc.spool_dir, home.quarantine)
+        scan = scan_spool(engine, home.root / svc.spool_dir, home.quarantine, settings.ingest)
         if not scan.done and not scan.failed:
             return f"{IDLE}: the spool is empty"
         return f"{len(scan.done)} done, {len(scan.failed)} failed, {scan.ingested} stored"

@@ -24,6 +24,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from daemon.settings import IngestSettings
 from replay.ingest import IngestReport, ingest_files
 from stages.atomic import write_atomic
 
@@ -92,12 +93,26 @@ def _errors_json(report: IngestReport) -> str:
     return json.dumps({k: data[k] for k in ERROR_KEYS}, indent=1)
 
 
-def scan_spool(engine: Engine, folder: Path, quarantine_dir: Path | None) -> SpoolScan:
-    """Ingest and move every complete file waiting in `folder`."""
+def scan_spool(
+    engine: Engine,
+    folder: Path,
+    quarantine_dir: Path | None,
+    ingest: IngestSettings | None = None,
+) -> SpoolScan:
+    """Ingest and move every complete file waiting in `folder`, read as `tutord ingest`
+    reads with the `ingest` settings (longest line, rows per transaction)."""
     scan = SpoolScan()
+    ingest = ingest or IngestSettings()
     for path in waiting(folder):
         try:
-            report = ingest_files(engine, [path], source="spool", quarantine_dir=quarantine_dir)
+            report = ingest_files(
+                engine,
+                [path],
+                source="spool",
+                quarantine_dir=quarantine_dir,
+                max_line_bytes=ingest.max_line_bytes,
+                batch_size=ingest.batch_size,
+            )
         except SQLAlchemyError as exc:
             log.error("spool: %s stays for the next scan: the database failed: %s", path, exc)
             break

@@ -11,9 +11,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from daemon.service.spool import FAILED, scan_spool
+from daemon.service.spool import DONE, FAILED, scan_spool
+from daemon.settings import IngestSettings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ANSWER = {"role": "assistant", "content": "fine"}
 
 
 def spool_with_bad_lines(tmp_path: Path) -> Path:
@@ -49,3 +51,18 @@ def test_a_failed_file_with_a_working_quarantine_says_where_its_lines_went(
     [copied] = errors["quarantine_files"]
     assert Path(copied).parent == quarantine
     assert len(Path(copied).read_text().splitlines()) == 4
+
+
+def test_the_spool_reads_with_the_ingest_settings(db_engine: Engine, tmp_path: Path) -> None:
+    """`ingest.max_line_bytes` holds for spooled files as for `tutord ingest`: a line over it
+    is rejected (and the file fails), one under it is stored."""
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    line = json.dumps({"messages": [{"role": "user", "content": "x" * 300}, ANSWER]})
+    (folder / "long.jsonl").write_text(line + "\n")
+    scan = scan_spool(db_engine, folder, tmp_path / "q", IngestSettings(max_line_bytes=200))
+    assert scan.failed == ["long.jsonl"] and scan.rejected == 1
+    (folder / "again.jsonl").write_text(line + "\n")
+    scan = scan_spool(db_engine, folder, tmp_path / "q", IngestSettings(max_line_bytes=1000))
+    assert scan.done == ["again.jsonl"] and scan.ingested == 1
+    assert (folder / DONE / "again.jsonl").exists()
