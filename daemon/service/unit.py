@@ -1,18 +1,18 @@
 """The systemd unit that `tutord service install` writes, and writing it.
 
-`render_unit` adapts the shipped unit (`packaging/tutord.service`, read from the checkout
-tutord runs from) to one installation: `ExecStart` runs this environment's `tutord` with
-the chosen home, `User=`/`Group=` are the chosen account, and the home is the working
-directory, `TUTORD_HOME`, and the one writable path. A home directly under `/var/lib` keeps
-`StateDirectory=` (systemd creates it, owned by the user); elsewhere those lines go and the
-home must exist. A home or `tutord` under `/home`, `/root` or `/run/user` gets
-`ProtectHome=read-only` (`yes` would hide them from the service); one under `/tmp` or
-`/var/tmp` is refused (`PrivateTmp=yes` hides them). The header's first paragraph (the
-manual install steps) is replaced by one saying how the file was made; every other line,
-comments and hardening included, stays as shipped. `install_unit` writes
-the result into a unit folder through a temporary file and a rename (mode 0644), leaves an
-identical unit as it is and refuses to replace a different one unless forced. `next_steps`
-says what to run then.
+`render_unit` adapts the shipped unit (`packaging/tutord.service`, which the package carries
+as `daemon/service/data/tutord.service`, so an installed wheel has it) to one installation:
+`ExecStart` runs this environment's `tutord` with the chosen home, `User=`/`Group=` are the
+chosen account, and the home is the working directory, `TUTORD_HOME`, and the one writable
+path. A home directly under `/var/lib` keeps `StateDirectory=` (systemd creates it, owned by
+the user); elsewhere those lines go and the home must exist. A home or `tutord` under
+`/home`, `/root` or `/run/user` gets `ProtectHome=read-only` (`yes` would hide them from the
+service); one under `/tmp` or `/var/tmp` is refused (`PrivateTmp=yes` hides them). The
+header's first paragraph (the manual install steps) is replaced by one saying how the file
+was made; every other line, comments and hardening included, stays as shipped.
+`install_unit` writes the result into a unit folder through a temporary file and a rename
+(mode 0644), leaves an identical unit as it is and refuses to replace a different one unless
+forced. `next_steps` says what to run then.
 
 It does not run `systemctl`, create the user or the home, print anything (the CLI,
 `daemon/cli/service_commands.py`, does), or check that systemd accepts the unit (the tests
@@ -30,8 +30,9 @@ from pathlib import Path
 
 from stages.atomic import fsync_dir, write_atomic
 
+SHIPPED_UNIT = Path(__file__).resolve().parent / "data" / "tutord.service"
 CHECKOUT = Path(__file__).resolve().parents[2]
-SHIPPED_UNIT = CHECKOUT / "packaging" / "tutord.service"
+"""The checkout tutord runs from, when it does (its README is named in the unit, if there)."""
 UNIT_NAME = "tutord.service"
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 DEFAULT_HOME = Path("/var/lib/tutord")
