@@ -26,6 +26,15 @@ from stages import registry
 BASE = None
 """The bare base model, as a production target: no adapter."""
 
+_moves_made_here = 0
+
+
+def moves_made_here() -> int:
+    """How many times this process has moved the production pointer. A reader that caches
+    production (the proxy) rereads it when this changes; moves by other processes it sees
+    when its cache expires."""
+    return _moves_made_here
+
 
 class AdapterStateError(Exception):
     """A move that cannot be made: unknown or deleted version, concurrent move, ..."""
@@ -164,6 +173,8 @@ def move_production(
                 moved_at=now,
             )
         )
+    global _moves_made_here
+    _moves_made_here += 1
     return Move(kind, current, to_version, actor, reason, now)
 
 

@@ -3,10 +3,13 @@
 `make_proxy_router` builds two routes, forwarded to `model.server_url` (e.g. a vLLM server):
 
 - `POST /v1/chat/completions`: the client's `model` (any value) is replaced by what production
-  is at that moment, read from the database at each request: the adapter's version name
-  (`v3`, the name tutord loads it under) or, for the bare base, the base model's served name
-  (`daemon.policy.base_model`, as `OpenAIBackend` uses it). The answer comes back as the server
-  gave it: its JSON and status, or with `"stream": true` its SSE bytes as they arrive;
+  is: the adapter's version name (`v3`, the name tutord loads it under) or, for the bare base,
+  the base model's served name (`daemon.policy.base_model`, as `OpenAIBackend` uses it).
+  Production is read from the database at most every `PRODUCTION_TTL_S` seconds, and at once
+  after this process moved it (a promotion or rollback by the daemon or its API); a move made
+  by another process (`tutord rollback`, a second daemon) is seen within that time. The
+  answer comes back as the server gave it: its JSON and status, or with `"stream": true`
+  its SSE bytes as they arrive;
 - `GET /v1/models`: the server's list, as it is.
 
 Each answered chat exchange is stored as one interaction (source `proxy`, external id a fresh
@@ -72,6 +75,10 @@ log = logging.getLogger(__name__)
 HEADER = "X-Tutord-Interaction-Id"
 """The response header carrying the request id (the stored row's external id)."""
 CONNECT_TIMEOUT_S = 5.0
+PRODUCTION_TTL_S = 0.5
+"""How long the proxy serves the production it read before reading it again (moves made by
+this process are seen at once). Reading it at every request cost a database read and a
+worker-thread hop per request."""
 _PRODUCTION = select(ProductionPointer.version).where(ProductionPointer.id == 1)
 _DETAIL_CHARS = 500
 
@@ -98,6 +105,8 @@ class Upstream:
         self._owned_loop: asyncio.AbstractEventLoop | None = None
         self._base_name: str | None = None
         self._last: Target | None = None
+        self._read_at = float("-inf")
+        self._moves_seen = -1
 
     def client(self) -> httpx.AsyncClient:
         """The given client, else one made on first use (again if the event loop changed)."""
@@ -122,9 +131,18 @@ class Upstream:
             self._base_name = base_model(self.home, self.settings)
         return self._base_name
 
+    def cached_target(self) -> Target | None:
+        """Production as last read, while that read is fresh and this process has not moved
+        production since; else None (call `target`)."""
+        fresh = time.monotonic() - self._read_at < PRODUCTION_TTL_S
+        if fresh and self._moves_seen == adapters.moves_made_here():
+            return self._last
+        return None
+
     def target(self) -> Target:
         """Production now (one primary-key read): its version name, or the base's name.
         While the database cannot be read, the last production seen (if any) serves."""
+        moves, read_at = adapters.moves_made_here(), time.monotonic()  # before the read
         try:
             with self.engine.connect() as conn:  # `adapters.production` without an ORM session
                 version = conn.execute(_PRODUCTION).scalar_one()
@@ -138,6 +156,7 @@ class Upstream:
         else:
             name = registry.version_name(version)
             self._last = Target(name, name, version)
+        self._moves_seen, self._read_at = moves, read_at
         return self._last
 
     async def send_chat(self, exchange: Exchange, *, stream: bool) -> httpx.Response:
@@ -369,7 +388,7 @@ def make_proxy_router(
             error = {"message": "the body must be a JSON object", "type": "invalid_request_error"}
             return JSONResponse({"error": error}, status_code=400)
         try:
-            target = await run_in_threadpool(upstream.target)
+            target = upstream.cached_target() or await run_in_threadpool(upstream.target)
         except (HomeError, SQLAlchemyError) as exc:
             return _error(503, str(exc), "service_unavailable", upstream.base_url)
         exchange = Exchange(body, target, started=started, storable=storable(body))

@@ -258,6 +258,35 @@ def test_a_chat_goes_to_production_and_is_stored_with_its_request_id(
     assert again.headers[HEADER] != request_id
 
 
+def test_a_move_by_another_process_is_served_once_the_read_expires(
+    sqlite_engine: Engine,
+    home: Home,
+    base: str,
+    fake: tuple[FakeServer, str],
+    front: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Production is read at most every PRODUCTION_TTL_S: a pointer another process moved
+    (written here straight into the table, as `tutord rollback` elsewhere would) serves
+    once that read has expired, not before."""
+    from daemon.models import ProductionPointer
+    from daemon.service import proxy
+
+    monkeypatch.setattr(proxy, "PRODUCTION_TTL_S", 2.0)  # wide enough for a slow machine
+    server, _ = fake
+    server.served.add("v1")
+    version = publish_version(sqlite_engine, home.adapters, fake_adapter(home), base)
+    assert httpx.post(f"{front}/v1/chat/completions", json=ask()).json()["model"] == base
+    with session_scope(sqlite_engine) as session:
+        session.get(ProductionPointer, 1).version = version  # type: ignore[union-attr]
+    cached = httpx.post(f"{front}/v1/chat/completions", json=ask())
+    time.sleep(proxy.PRODUCTION_TTL_S + 0.1)
+    moved = httpx.post(f"{front}/v1/chat/completions", json=ask())
+    assert (cached.json()["model"], moved.json()["model"]) == (base, "v1")
+    assert stored(sqlite_engine, cached.headers[HEADER]).adapter == "base"
+    assert stored(sqlite_engine, moved.headers[HEADER]).adapter == "v1"
+
+
 def test_a_stream_is_relayed_as_it_comes_and_stored_whole(
     sqlite_engine: Engine, base: str, fake: tuple[FakeServer, str], front: str
 ) -> None:
