@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -129,8 +129,11 @@ def _bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def _token_checks(token: str) -> tuple[Callable[[Request], None], Callable[[Request], None]]:
-    """Dependencies: bearer header only; bearer header or `?token=` (pages for browsers)."""
+def _token_checks(
+    token: str,
+) -> tuple[Callable[[Request], Awaitable[None]], Callable[[Request], Awaitable[None]]]:
+    """Dependencies: bearer header only; bearer header or `?token=` (pages for browsers).
+    Coroutines, so FastAPI runs them on the event loop, not through a worker thread."""
     expected = token.encode("utf-8")
 
     def check(presented: str | None) -> None:
@@ -139,10 +142,10 @@ def _token_checks(token: str) -> tuple[Callable[[Request], None], Callable[[Requ
                 401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
 
-    def header_only(request: Request) -> None:
+    async def header_only(request: Request) -> None:
         check(_bearer(request))
 
-    def header_or_query(request: Request) -> None:
+    async def header_or_query(request: Request) -> None:
         check(_bearer(request) or request.query_params.get("token"))
 
     return header_only, header_or_query
