@@ -1,16 +1,18 @@
 """Benchmark: the service's HTTP ingest and its logging proxy, in one run.
 
-1. HTTP ingest: `tutord run`'s API (`daemon/service/api.make_app` under uvicorn, in this
-   process's thread, SQLite in a fresh home) receives `--batches` POSTs of 100 interaction
-   records each from one keep-alive client; prints records/s. Target: >= 10,000 records/s.
+1. HTTP ingest: `tutord run`'s API (`daemon/service/api.make_app` under uvicorn, in a
+   process of its own as in a deployment, SQLite in a fresh home) receives `--batches`
+   POSTs of 100 interaction records each from one keep-alive client in this process;
+   prints records/s. Target: >= 10,000 records/s.
 2. Proxy: the same requests (`max_tokens` 1, non-streaming) sent `--requests` times
    directly to an OpenAI-compatible upstream and through the proxy
    (`daemon/service/proxy.py`), alternating; prints the proxy's added latency at p50 and
    p99 and the throughput ratio (through the proxy / direct, `--concurrency` clients).
    Targets: under 2 ms added at p50, >= 95% of direct throughput. The upstream is a real
    vLLM server when `--vllm-url URL --vllm-model NAME` are given, else a minimal
-   OpenAI-compatible stub (uvicorn) that answers at once, which isolates the proxy's own
-   cost. `--vllm-model` is the folder the server serves (what tutord's `model.base` is).
+   OpenAI-compatible stub (uvicorn, a process of its own) that answers at once, which
+   isolates the proxy's own cost. The proxy, too, runs in a process of its own.
+   `--vllm-model` is the folder the server serves (what tutord's `model.base` is).
 
     .venv/bin/python bench/service.py [--batches 100] [--requests 300] [--json]
 """
@@ -19,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing
+import socket
 import statistics
 import tempfile
-import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,23 +44,49 @@ from replay.db import make_engine
 TOKEN = "bench-token"
 
 
-def serve(app: FastAPI, port: int) -> uvicorn.Server:
-    """`app` under uvicorn on 127.0.0.1:`port`, in a daemon thread, once it is up."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+def _run(app: FastAPI, port: int) -> None:
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _api_process(root: str, settings: dict[str, Any], port: int) -> None:
+    """A child process: tutord's API (with the proxy when a server URL is set) on `port`."""
+    from daemon.service.api import make_app
+
+    parsed = Settings.model_validate(settings)
+    home, engine = make_home(Path(root), parsed)
+    _run(make_app(engine, home, parsed), port)
+
+
+def _stub_process(port: int) -> None:
+    _run(stub_upstream(), port)
+
+
+@contextlib.contextmanager
+def serving(target: Callable[..., None], *args: Any) -> Iterator[int]:
+    """`target(*args, port)` in a spawned process; yields the port once it accepts."""
+    port = free_port()
+    child = multiprocessing.get_context("spawn").Process(
+        target=target, args=(*args, port), daemon=True
     )
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    return server
+    child.start()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if not child.is_alive() or time.monotonic() > deadline:
+                child.kill()
+                raise RuntimeError(f"{target.__name__} did not start") from None
+            time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        child.terminate()
+        child.join(10)
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -82,13 +113,11 @@ def make_home(root: Path, settings: Settings) -> tuple[Home, Any]:
 
 
 def bench_ingest(batches: int) -> dict[str, float]:
-    from daemon.service.api import make_app
-
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings.model_validate({"service": {"api_token": TOKEN}})
-        home, engine = make_home(Path(tmp) / "home", settings)
-        port = free_port()
-        server = serve(make_app(engine, home, settings), port)
+    settings = {"service": {"api_token": TOKEN}}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        serving(_api_process, str(Path(tmp) / "home"), settings) as port,
+    ):
         bodies = [
             json.dumps({"records": [record(b * 100 + i) for i in range(100)]}).encode()
             for b in range(batches)
@@ -101,8 +130,6 @@ def bench_ingest(batches: int) -> dict[str, float]:
                 answer = client.post("/v1/interactions", content=body)
                 answer.raise_for_status()
             seconds = time.perf_counter() - started
-        server.should_exit = True
-        engine.dispose()
     return {
         "records": batches * 100,
         "seconds": round(seconds, 3),
@@ -185,29 +212,20 @@ def percentile(values: list[float], q: float) -> float:
 def bench_proxy(
     requests: int, concurrency: int, vllm_url: str | None, vllm_model: str | None
 ) -> dict[str, Any]:
-    from daemon.service.api import make_app
-
-    upstream_server = None
-    if vllm_url is None:
-        port = free_port()
-        upstream_server = serve(stub_upstream(), port)
-        upstream, model = f"http://127.0.0.1:{port}", "stub"
-    else:
-        upstream, model = vllm_url.rstrip("/"), vllm_model or ""
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         if vllm_url is None:  # the stub serves any name: a folder stands for the base
-            (Path(tmp) / "stub").mkdir()
-            (Path(tmp) / "stub" / "config.json").write_text("{}")
-            model = str(Path(tmp) / "stub")
-        settings = Settings.model_validate(
-            {
-                "service": {"api_token": TOKEN},
-                "model": {"backend": "openai", "server_url": upstream, "base": model},
-            }
-        )
-        home, engine = make_home(Path(tmp) / "home", settings)
-        port = free_port()
-        server = serve(make_app(engine, home, settings), port)
+            upstream = f"http://127.0.0.1:{stack.enter_context(serving(_stub_process))}"
+            (tmp / "stub").mkdir()
+            (tmp / "stub" / "config.json").write_text("{}")
+            model = str(tmp / "stub")
+        else:
+            upstream, model = vllm_url.rstrip("/"), vllm_model or ""
+        settings = {
+            "service": {"api_token": TOKEN},
+            "model": {"backend": "openai", "server_url": upstream, "base": model},
+        }
+        port = stack.enter_context(serving(_api_process, str(tmp / "home"), settings))
         body = {
             "model": model,
             "messages": [{"role": "user", "content": "What is 2 + 2?"}],
@@ -224,10 +242,6 @@ def bench_proxy(
                 proxy_url, body, requests, concurrency, {"Authorization": f"Bearer {TOKEN}"}
             )
         )
-        server.should_exit = True
-        engine.dispose()
-    if upstream_server is not None:
-        upstream_server.should_exit = True
     return {
         "upstream": "vllm" if vllm_url else "stub",
         "requests": requests,
