@@ -71,10 +71,11 @@ def _traffic(engine: Engine, contradicted: int) -> tuple[dict[str, float], dict[
 
 def _judge_figures(
     engine: Engine, synth_run_id: int | None
-) -> tuple[float | None, float | None, int]:
-    """The run's mean judge score, judge-verifier agreement and contradicted feedback."""
+) -> tuple[float | None, float | None, float | None, int]:
+    """The run's mean judge score, judge-verifier agreement (plain and balanced) and
+    contradicted feedback."""
     if synth_run_id is None:
-        return None, None, 0
+        return None, None, None, 0
     with session_scope(engine) as s:
         run = s.get(SynthRun, synth_run_id)
         mean = s.execute(
@@ -82,9 +83,10 @@ def _judge_figures(
             .join(Sample, Judgment.sample_id == Sample.id)
             .where(Sample.synth_run_id == synth_run_id, Judgment.scorer.like("judge:%"))
         ).scalar_one()
-        agreement = (run.health or {}).get("agreement") if run else None
+        health = (run.health or {}) if run else {}
         contradicted = int((run.counts or {}).get("feedback_contradictions", 0)) if run else 0
-    return (None if mean is None else float(mean)), agreement, contradicted
+    mean_score = None if mean is None else float(mean)
+    return mean_score, health.get("agreement"), health.get("balanced"), contradicted
 
 
 def record_snapshot(engine: Engine, home: Home, settings: Settings, cycle: Cycle) -> None:
@@ -113,7 +115,7 @@ def record_snapshot(engine: Engine, home: Home, settings: Settings, cycle: Cycle
         if probe and production != cycle.parent_version
         else (0.0 if probe else None)
     )
-    judge_mean, agreement, contradicted = _judge_figures(engine, cycle.synth_run_id)
+    judge_mean, agreement, balanced, contradicted = _judge_figures(engine, cycle.synth_run_id)
     traffic, feedback = _traffic(engine, contradicted)
     with session_scope(engine) as s:
         gate = s.execute(select(GateDecision).where(GateDecision.cycle_id == cycle.id)).scalar()
@@ -131,6 +133,7 @@ def record_snapshot(engine: Engine, home: Home, settings: Settings, cycle: Cycle
         evaluation,
         judge_score_mean=judge_mean,
         judge_verifier_agreement=agreement,
+        judge_balanced_agreement=balanced,
         kl_from_base=kl_base,
         kl_from_previous=kl_prev,
         traffic_mix=traffic,

@@ -179,6 +179,9 @@ class VersionDrift:
     length_edges / length_counts: histogram of response lengths (see `length_histogram`).
     judge_score_mean: mean LLM-judge score of the version's recent answers.
     judge_verifier_agreement: share of answers where judge and verifier agree.
+    judge_balanced_agreement: the mean of the shares of right answers the judge passed and
+        of wrong answers it failed (what the judge-health floor holds; a judge that passes
+        everything scores 0.5 however good the policy is).
     kl_from_base / kl_from_previous: `divergence` (nats per token) from the base model and
         from the previous version.
     traffic_mix / training_mix: task -> share among recent interactions / training data.
@@ -199,6 +202,7 @@ class VersionDrift:
     length_counts: tuple[int, ...] = ()
     judge_score_mean: float | None = None
     judge_verifier_agreement: float | None = None
+    judge_balanced_agreement: float | None = None
     kl_from_base: float | None = None
     kl_from_previous: float | None = None
     traffic_mix: Mapping[str, float] = field(default_factory=dict)
@@ -246,6 +250,7 @@ class VersionDrift:
             "length_counts": list(self.length_counts),
             "judge_score_mean": self.judge_score_mean,
             "judge_verifier_agreement": self.judge_verifier_agreement,
+            "judge_balanced_agreement": self.judge_balanced_agreement,
             "kl_from_base": self.kl_from_base,
             "kl_from_previous": self.kl_from_previous,
             "traffic_mix": dict(self.traffic_mix),
@@ -267,6 +272,7 @@ class VersionDrift:
             length_counts=tuple(data.get("length_counts") or ()),
             judge_score_mean=_opt_float(data.get("judge_score_mean")),
             judge_verifier_agreement=_opt_float(data.get("judge_verifier_agreement")),
+            judge_balanced_agreement=_opt_float(data.get("judge_balanced_agreement")),
             kl_from_base=_opt_float(data.get("kl_from_base")),
             kl_from_previous=_opt_float(data.get("kl_from_previous")),
             traffic_mix=data.get("traffic_mix") or {},

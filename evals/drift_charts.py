@@ -154,11 +154,12 @@ def figures(
         {
             "mean judge score": series["judge_score_mean"],
             "judge-verifier agreement": series["judge_verifier_agreement"],
+            "balanced agreement": series.get("judge_balanced_agreement", []),
         },
         "value",
     )
     _mark_events(ax, versions, events)
-    out.append(("Mean judge score and judge-verifier agreement", _png(fig)))
+    out.append(("Mean judge score and judge-verifier agreement (plain and balanced)", _png(fig)))
 
     fig, (ax_mix, ax_fb) = axes("Traffic", ncols=2)
     mix = {f"traffic {k}": v for k, v in series["traffic_mix"].items()}

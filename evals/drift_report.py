@@ -109,6 +109,10 @@ def summarize(snapshots: Sequence[VersionDrift], events: Sequence[Mapping[str, A
             parts.append(
                 f"judge-verifier agreement {_verb(delta)} to {cur.judge_verifier_agreement:.0%}"
             )
+    if cur.judge_balanced_agreement is not None and prev.judge_balanced_agreement is not None:
+        delta = cur.judge_balanced_agreement - prev.judge_balanced_agreement
+        if abs(delta) >= 0.01:
+            parts.append(f"balanced agreement {_verb(delta)} to {cur.judge_balanced_agreement:.0%}")
     distance = cur.traffic_distance
     if distance is not None and distance >= 0.1:
         parts.append(f"traffic mix is {distance:.2f} (total variation) away from the training mix")
@@ -150,6 +154,7 @@ def _series(snapshots: Sequence[VersionDrift]) -> dict[str, Any]:
         "response_length_mean": [s.response_length_mean for s in snapshots],
         "judge_score_mean": [s.judge_score_mean for s in snapshots],
         "judge_verifier_agreement": [s.judge_verifier_agreement for s in snapshots],
+        "judge_balanced_agreement": [s.judge_balanced_agreement for s in snapshots],
         "traffic_mix": per_key("traffic_mix"),
         "training_mix": per_key("training_mix"),
         "traffic_training_distance": [s.traffic_distance for s in snapshots],
@@ -181,7 +186,12 @@ def _html(
         rows.append((task, values))
     for name in ("kl_from_base", "kl_from_previous", "response_length_mean"):
         rows.append((name.replace("_", " "), series[name]))
-    for name in ("judge_score_mean", "judge_verifier_agreement", "traffic_training_distance"):
+    for name in (
+        "judge_score_mean",
+        "judge_verifier_agreement",
+        "judge_balanced_agreement",
+        "traffic_training_distance",
+    ):
         rows.append((name.replace("_", " "), series[name]))
     for task, values in series["detectable_drop"].items():
         rows.append((f"{task}: smallest drop the gate could see", values))

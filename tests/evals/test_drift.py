@@ -169,6 +169,7 @@ def snapshots() -> list[VersionDrift]:
             kl_from_previous=0.3,
             judge_score_mean=0.5,
             judge_verifier_agreement=0.7,
+            judge_balanced_agreement=0.5,
             traffic_mix={"add": 0.8, "sub": 0.2},
             training_mix={"add": 0.7, "sub": 0.3},
             feedback_rates={"thumbs_up": 0.3, "thumbs_down": 0.1},
@@ -185,6 +186,7 @@ def snapshots() -> list[VersionDrift]:
             kl_from_previous=0.4,
             judge_score_mean=0.62,
             judge_verifier_agreement=0.75,
+            judge_balanced_agreement=0.8,
             traffic_mix={"add": 0.5, "sub": 0.2, "mul": 0.3},
             training_mix={"add": 0.7, "sub": 0.3},
             feedback_rates={"thumbs_up": 0.35, "thumbs_down": 0.08},
@@ -205,6 +207,7 @@ def test_summary_says_what_moved_most() -> None:
     assert "KL from base grew to 0.80 nats" in text
     assert "mean length fell 20%" in text
     assert "mul exact-match is new at 0.05" in text
+    assert "balanced agreement rose to 80%" in text
     assert "promotion (v2)" in text
     assert summarize(snapshots()[:1]).startswith("First snapshot (base): add exact-match 0.12")
     assert summarize([]) == "No drift snapshots yet."
@@ -230,6 +233,7 @@ def test_write_report(tmp_path: Path) -> None:
     for name in ("kl_from_base", "kl_from_previous", "response_length_mean", "judge_score_mean"):
         assert len(series[name]) == 3
     assert series["kl_from_base"] == [0.0, 0.3, 0.8]
+    assert series["judge_balanced_agreement"] == [None, 0.5, 0.8]
     assert series["feedback_rates"]["thumbs_up"] == [None, 0.3, 0.35]
     assert series["traffic_training_distance"][0] is None
     assert series["traffic_training_distance"][2] == pytest.approx(0.3)
