@@ -91,7 +91,7 @@ def report(runs: list[dict[str, Any]], judge_off: list[dict[str, Any]]) -> str:
     lines = [f"{len(runs)} seeds; median [range] over seeds", ""]
     n_cycles = max(len(r["cycles"]) for r in runs)
     lines.append(
-        "cycle  stages chosen        judge agreement   balanced agreement   "
+        "cycle  stages chosen        judge agreement   balanced agreement   judge-only pairs  "
         + "   ".join(f"{f}: production -> candidate" for f in FAMILIES)
     )
     for i in range(n_cycles):
@@ -99,6 +99,7 @@ def report(runs: list[dict[str, Any]], judge_off: list[dict[str, Any]]) -> str:
         stages = Counter(c["stage"] or "none" for c in cycles)
         agreement = [c["judge_agreement"] for c in cycles if c["judge_agreement"] is not None]
         balanced = [c["judge_balanced"] for c in cycles if c.get("judge_balanced") is not None]
+        decided = [float(c.get("judge_decided_pairs", 0)) for c in cycles]
         cells = []
         for f in FAMILIES:
             before = [c["production_before"][f] for c in cycles if f in c["production_before"]]
@@ -107,7 +108,7 @@ def report(runs: list[dict[str, Any]], judge_off: list[dict[str, Any]]) -> str:
         outcomes = Counter(c["outcome"] or "skipped" for c in cycles)
         lines.append(
             f"{i:>5}  {', '.join(f'{k} x{v}' for k, v in sorted(stages.items())):<20} "
-            f"{spread(agreement):<17} {spread(balanced):<20} "
+            f"{spread(agreement):<17} {spread(balanced):<20} {spread(decided):<17} "
             + "   ".join(cells)
             + f"   ({', '.join(f'{k} x{v}' for k, v in sorted(outcomes.items()))})"
         )

@@ -109,6 +109,8 @@ class CycleRow:
     judge_balanced: float | None = None
     """The same, balanced: the mean of the shares of right answers the judge passed and of
     wrong answers it failed (None when one kind was missing)."""
+    judge_decided_pairs: int = 0
+    """Pairs of that run that only the judge ordered (made while its health held)."""
 
 
 def _settings(home: Home, replay_ratio: float | None, judge: bool = True) -> Settings:
@@ -150,6 +152,7 @@ def cycle_row(
             cycle = s.get(Cycle, cycle_id)
             run = s.get(SynthRun, cycle.synth_run_id) if cycle and cycle.synth_run_id else None
             health = (run.health or {}) if run else {}
+            decided = int((run.counts or {}).get("judge_decided_pairs", 0)) if run else 0
             curriculum = (cycle.decision_reason or "") if cycle else ""
     finally:
         engine.dispose()
@@ -166,6 +169,7 @@ def cycle_row(
         curriculum,
         health.get("agreement"),
         health.get("balanced"),
+        decided,
     )
 
 

@@ -301,6 +301,7 @@ def store(
             "judge_sft_new": judge_new,
             "judge_pairs_new": judge_pairs_new,
             "feedback_contradictions": contradictions,
+            "judge_decided_pairs": sum(1 for p in result.pairs if p.judge_decided),
         }
         run.health = health
         run.finished_at = utcnow()

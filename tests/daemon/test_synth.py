@@ -107,6 +107,8 @@ def test_synth_stores_everything_with_provenance_and_is_reproducible(
                 assert {p.chosen[-1], p.rejected[-1]} == {"5", "0"}
             run = s.get(SynthRun, 1)
             assert run is not None and run.finished_at is not None and run.health == health
+            decided = [p for p in pairs if p.origin == "synth" and p.meta.get("judge_decided")]
+            assert run.counts["judge_decided_pairs"] == len(decided)
             snapshots.append(
                 (
                     [(x.prompt, x.completion) for x in samples],
