@@ -70,9 +70,11 @@ DEMO_CONFIG = {
     # could only see drops of 0.053 at best and the gate said "cannot tell".
     "gate": {"max_items": 1200},
     "train": {
-        # Judge verdicts are three times as long as answers: batching by length saves
-        # the padding that mixed batches carry.
-        "sft": {"max_steps": 300, "learning_rate": 0.003, "length_grouped": True},
+        # Not `length_grouped`: batching by length halved SFT's time (judge verdicts are
+        # three times as long as answers, and mixed batches pad to them), but with it the
+        # judge never learnt to read the answer (balanced agreement 0.39-0.50 in every run
+        # of 2 seeds, against 0.85-0.87 without; 2026-12-04).
+        "sft": {"max_steps": 300, "learning_rate": 0.003},
         "dpo": {"max_steps": 40, "learning_rate": 0.0005, "beta": 0.1},
         "rl": {
             "max_steps": 40,
