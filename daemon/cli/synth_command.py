@@ -28,6 +28,8 @@ def _print(summary: SynthSummary) -> None:
     agreement = (
         "n/a" if h["agreement"] is None else f"{h['agreement']:.0%} of {h['agreement_rows']}"
     )
+    if h.get("balanced") is not None:
+        agreement += f" (balanced {h['balanced']:.0%})"
     length_r = "n/a" if h["length_correlation"] is None else f"{h['length_correlation']:+.2f}"
     out.print(
         f"  judge       agreement with verifiers {agreement}, length correlation {length_r}, "
