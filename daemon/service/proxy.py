@@ -47,10 +47,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import anyio
-import httpx
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.params import Depends
@@ -75,6 +76,8 @@ log = logging.getLogger(__name__)
 HEADER = "X-Tutord-Interaction-Id"
 """The response header carrying the request id (the stored row's external id)."""
 CONNECT_TIMEOUT_S = 5.0
+UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+"""What a failed exchange with the model server raises (unreachable, cut off, timed out)."""
 PRODUCTION_TTL_S = 0.5
 """How long the proxy serves the production it read before reading it again (moves made by
 this process are seen at once). Reading it at every request cost a database read and a
@@ -86,11 +89,35 @@ _DETAIL_CHARS = 500
 # ------------------------------------------------------------------ the model server
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A whole answer of the model server: status, body and content type."""
+
+    status_code: int
+    content: bytes
+    content_type: str | None
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+
+async def read_answer(response: aiohttp.ClientResponse) -> Answer:
+    """Read a response whole and give its connection back."""
+    try:
+        content = await response.read()
+    finally:
+        response.release()
+    return Answer(response.status, content, response.headers.get("content-type"))
+
+
 class Upstream:
-    """The model server: its URL, a shared HTTP client, and what production is called there."""
+    """The model server: its URL, a shared HTTP client (aiohttp: it costs the proxy a quarter
+    of httpx's CPU per request, 125 against 556 µs measured on 2026-12-04), and what
+    production is called there."""
 
     def __init__(
-        self, engine: Engine, home: Home, settings: Settings, client: httpx.AsyncClient | None
+        self, engine: Engine, home: Home, settings: Settings, client: aiohttp.ClientSession | None
     ) -> None:
         url = settings.model.server_url
         if not url:
@@ -101,29 +128,30 @@ class Upstream:
         self.home = home
         self.settings = settings
         self._given = client
-        self._owned: httpx.AsyncClient | None = None
+        self._owned: aiohttp.ClientSession | None = None
         self._owned_loop: asyncio.AbstractEventLoop | None = None
         self._base_name: str | None = None
         self._last: Target | None = None
         self._read_at = float("-inf")
         self._moves_seen = -1
 
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> aiohttp.ClientSession:
         """The given client, else one made on first use (again if the event loop changed)."""
         if self._given is not None:
             return self._given
         loop = asyncio.get_running_loop()
         if self._owned is None or self._owned_loop is not loop:
-            self._owned = httpx.AsyncClient(
-                timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            self._owned = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
+                connector=aiohttp.TCPConnector(limit=1000),
+                auto_decompress=True,
             )
             self._owned_loop = loop
         return self._owned
 
     async def aclose(self) -> None:
         if self._owned is not None:
-            await self._owned.aclose()
+            await self._owned.close()
             self._owned = None
 
     def base_name(self) -> str:
@@ -159,27 +187,26 @@ class Upstream:
         self._moves_seen, self._read_at = moves, read_at
         return self._last
 
-    async def send_chat(self, exchange: Exchange, *, stream: bool) -> httpx.Response:
-        """Send the chat request; on a 404 for production's adapter, load it and retry once."""
-        answer = await self._send(exchange, stream)
+    async def send_chat(self, exchange: Exchange) -> aiohttp.ClientResponse:
+        """Send the chat request; on a 404 for production's adapter, load it and retry once.
+        The response's body is not read yet (a stream is relayed as it comes); a refusal
+        whose load failed comes back read, so it can still be answered."""
+        answer = await self._send(exchange)
         version = exchange.target.version
-        if answer.status_code != 404 or version is None:
+        if answer.status != 404 or version is None:
             return answer
-        await answer.aread()  # the refusal stays readable if the load fails
-        await answer.aclose()
+        await answer.read()  # the refusal stays readable if the load fails
         if await self._load(version):
-            answer = await self._send(exchange, stream)
+            answer.release()
+            answer = await self._send(exchange)
         return answer
 
-    async def _send(self, exchange: Exchange, stream: bool) -> httpx.Response:
-        client = self.client()
-        request = client.build_request(
-            "POST",
+    async def _send(self, exchange: Exchange) -> aiohttp.ClientResponse:
+        return await self.client().post(
             self.chat_url,
-            content=exchange.payload(),
+            data=exchange.payload(),
             headers={"Content-Type": "application/json"},
         )
-        return await client.send(request, stream=stream)
 
     async def _load(self, version: int) -> bool:
         """Have the server load `version` under its name (as `daemon/adapter_serving.py`
@@ -194,8 +221,10 @@ class Upstream:
             return False
         body = {"lora_name": name, "lora_path": str(path)}
         try:
-            answer = await self.client().post(f"{self.base_url}/v1/load_lora_adapter", json=body)
-        except httpx.HTTPError as exc:
+            answer = await read_answer(
+                await self.client().post(f"{self.base_url}/v1/load_lora_adapter", json=body)
+            )
+        except UPSTREAM_ERRORS as exc:
             log.warning("proxy: cannot load %s on %s: %s", name, self.base_url, exc)
             return False
         if answer.status_code == 200 or "already been loaded" in answer.text:
@@ -219,17 +248,13 @@ def unreachable(url: str, exc: Exception) -> JSONResponse:
     return _error(502, f"the model server at {url} cannot be reached: {reason}", "bad_gateway", url)
 
 
-def upstream_failed(url: str, answer: httpx.Response) -> Response:
+def upstream_failed(url: str, answer: Answer) -> Response:
     """A failed answer: 5xx becomes 502 naming the server; others pass through as they are."""
     if answer.status_code >= 500:
         detail = answer.text[:_DETAIL_CHARS]
         message = f"the model server at {url} answered HTTP {answer.status_code}: {detail}"
         return _error(502, message, "bad_gateway", url)
-    return Response(
-        answer.content,
-        status_code=answer.status_code,
-        media_type=answer.headers.get("content-type"),
-    )
+    return Response(answer.content, status_code=answer.status_code, media_type=answer.content_type)
 
 
 class RelayResponse(StreamingResponse):
@@ -237,7 +262,11 @@ class RelayResponse(StreamingResponse):
     stops when the client goes away; stores the exchange once the relay is over."""
 
     def __init__(
-        self, exchange: Exchange, upstream: httpx.Response, url: str, writer: ExchangeWriter
+        self,
+        exchange: Exchange,
+        upstream: aiohttp.ClientResponse,
+        url: str,
+        writer: ExchangeWriter,
     ) -> None:
         self.exchange = exchange
         self.upstream = upstream
@@ -253,10 +282,10 @@ class RelayResponse(StreamingResponse):
     async def _chunks(self) -> AsyncIterator[bytes]:
         reader = SSEReader(self.exchange)
         try:
-            async for chunk in self.upstream.aiter_bytes():  # decoded, as it is relayed
+            async for chunk in self.upstream.content.iter_any():  # decoded, as it is relayed
                 reader.feed(chunk)
                 yield chunk
-        except httpx.HTTPError as exc:
+        except UPSTREAM_ERRORS as exc:
             reason = str(exc) or type(exc).__name__
             self.exchange.upstream_error = reason
             message = f"the model server at {self.url} broke off the stream: {reason}"
@@ -286,7 +315,10 @@ class RelayResponse(StreamingResponse):
 
     async def _finish(self) -> None:
         await self.body_iterator.aclose()  # type: ignore[attr-defined]
-        await self.upstream.aclose()
+        if self.upstream.content.at_eof():
+            self.upstream.release()
+        else:  # cut short (the client left): close the connection, so the server stops too
+            self.upstream.close()
         self.exchange.end()
         if self.exchange.storable:
             self.writer.submit(self.exchange)
@@ -295,16 +327,14 @@ class RelayResponse(StreamingResponse):
 async def relay_json(upstream: Upstream, exchange: Exchange, writer: ExchangeWriter) -> Response:
     """Forward a non-streaming request; the exchange is stored after the answer is sent."""
     try:
-        answer = await upstream.send_chat(exchange, stream=False)
-    except httpx.HTTPError as exc:
+        answer = await read_answer(await upstream.send_chat(exchange))
+    except UPSTREAM_ERRORS as exc:
         return unreachable(upstream.chat_url, exc)
     exchange.end()
     exchange.upstream_status = answer.status_code
     if answer.status_code != 200:
         return upstream_failed(upstream.chat_url, answer)
-    response = Response(
-        answer.content, media_type=answer.headers.get("content-type", "application/json")
-    )
+    response = Response(answer.content, media_type=answer.content_type or "application/json")
     if not exchange.storable:
         return response
     try:
@@ -327,18 +357,16 @@ async def _submit(writer: ExchangeWriter, exchange: Exchange) -> None:
 async def relay_stream(upstream: Upstream, exchange: Exchange, writer: ExchangeWriter) -> Response:
     """Open a streaming request; a 200 is relayed by `RelayResponse`, anything else answered."""
     try:
-        answer = await upstream.send_chat(exchange, stream=True)
-    except httpx.HTTPError as exc:
+        answer = await upstream.send_chat(exchange)
+    except UPSTREAM_ERRORS as exc:
         return unreachable(upstream.chat_url, exc)
-    exchange.upstream_status = answer.status_code
-    if answer.status_code != 200:
+    exchange.upstream_status = answer.status
+    if answer.status != 200:
         try:
-            await answer.aread()
-        except httpx.HTTPError as exc:
+            whole = await read_answer(answer)
+        except UPSTREAM_ERRORS as exc:
             return unreachable(upstream.chat_url, exc)
-        finally:
-            await answer.aclose()
-        return upstream_failed(upstream.chat_url, answer)
+        return upstream_failed(upstream.chat_url, whole)
     return RelayResponse(exchange, answer, upstream.chat_url, writer)
 
 
@@ -359,7 +387,7 @@ def make_proxy_router(
     home: Home,
     settings: Settings,
     *,
-    client: httpx.AsyncClient | None = None,
+    client: aiohttp.ClientSession | None = None,
     dependencies: Sequence[Depends] | None = None,
 ) -> APIRouter:
     """The proxy's routes over `settings.model.server_url` (`ValueError` when it is unset).
@@ -399,11 +427,11 @@ def make_proxy_router(
     async def models() -> Response:
         url = f"{upstream.base_url}/v1/models"
         try:
-            answer = await upstream.client().get(url)
-        except httpx.HTTPError as exc:
+            answer = await read_answer(await upstream.client().get(url))
+        except UPSTREAM_ERRORS as exc:
             return unreachable(url, exc)
         if answer.status_code != 200:
             return upstream_failed(url, answer)
-        return Response(answer.content, media_type=answer.headers.get("content-type"))
+        return Response(answer.content, media_type=answer.content_type)
 
     return router
