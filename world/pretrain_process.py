@@ -15,6 +15,12 @@ module writes itself; the child writes the model into the target folder and what
 `result.json` there. This module does not decide where a model comes from (cached, shipped
 or trained: `world.pretrain`) and does not make the bits equal on other processor families
 (Arm) or other torch builds.
+
+KNOWN BUG (found 2026-12-04): on an Intel Xeon with AMX (Sapphire Rapids) the pinned
+training computes other bits than on the AVX2-only and AVX-512 machines that made and
+rebuilt the shipped weights (`8a52238f...` against `ab34344b...`): the first step's loss
+already differs in its last bit. Pinning MKL at `COMPATIBLE` or ATen at `default` makes
+that first loss equal but not the steps after. The cause is not found yet.
 """
 
 from __future__ import annotations
