@@ -17,8 +17,13 @@ Measured on the shipped base (2026-12-04), seed 0: with the verdict "14+18=32 vs
 different." greedy verdicts passed 0.87 of right answers and failed 0.18 of wrong ones
 after 900 steps (0.98 / 0.02 after 300): the judge copied the result it had just worked
 out into the comparison. Quoting the answer's number first ("Said 31. 14+18=32 vs 31:
-different.", the world's reason now), 0.94 / 0.98 after 900 steps (0.71 / 0.51 after
-300). One run takes about 3 minutes on one thread at 300 steps, 7 at 900.
+different.", the world's reason now), 0.94 / 0.98 after 900 steps (0.69 / 0.51 after
+300). Its greedy verdicts showed why (2026-12-05): with the question after the answer in
+the rubric prompt, the judge quoted the question's numbers ("Said 5." for "A: 5*2=10 /
+Q: Calculate 5 times 2."); with the question first it quoted right but wrote another
+question's equation, never having copied operands across 64 tokens in pretraining. The
+base shipped since (192-token blocks, checked answers in the corpus, the question first):
+0.97 / 0.92 after 300 steps. One run takes about 4 minutes on one thread at 300 steps.
 """
 
 from __future__ import annotations
@@ -128,7 +133,7 @@ def run(base: Path, n_examples: int, steps: int, seed: int) -> dict[str, Any]:
         args = SFTConfig(
             output_dir=out,
             assistant_only_loss=True,
-            max_length=128,
+            max_length=model.config.max_position_embeddings,
             max_steps=steps,
             learning_rate=3e-3,
             per_device_train_batch_size=16,

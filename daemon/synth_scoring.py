@@ -66,7 +66,7 @@ def default_template(home: Home, settings: Settings, judge: GenerationBackend) -
     may need 1,000 tokens for the rubric alone, past the positions it has (vLLM refuses such
     a prompt; transformers reads it with positions it never learnt). Without a tokenizer (a
     served judge) only the context length decides: compact below `COMPACT_RUBRIC_BELOW`
-    tokens (the embedded world's model reads 128 characters).
+    tokens (the embedded world's model reads 256 characters).
     """
     judge_model = settings.judge.base or base_model(home, settings)
     length = context_length(judge_model)

@@ -34,10 +34,11 @@ After examining the user's instruction and the response:
 
 Remember to assess from the AI Assistant perspective, utilizing web search knowledge as necessary. To evaluate the response in alignment with this additive scoring model, we'll systematically attribute points based on the outlined criteria."""  # noqa: E501
 
-# For small-context models (the embedded world's has 128 positions): the same ask, short.
-# The question comes last, right before the verdict: a small model works the answer out
-# from it as it answers any question, then reads the response's answer above.
-COMPACT_POINTWISE_TEMPLATE = "Rate the answer 0-5.\nA: {response}\nQ: {prompt}\n"
+# For small-context models (the embedded world's has 256 positions): the same ask, short.
+# The answer comes last, right before the verdict, which quotes it first: with the question
+# last, the world's judge quoted the question's numbers instead of the answer's
+# (`bench/judge_decision.py`, 2026-12-05).
+COMPACT_POINTWISE_TEMPLATE = "Rate the answer 0-5.\nQ: {prompt}\nA: {response}\n"
 
 PAIRWISE_TEMPLATE = """Compare two responses to the user's question and decide which one is better: more correct, more helpful, and more directly answering the question. Ignore the order in which they are shown and their length.
 

@@ -3,7 +3,8 @@
 Lines are equations ("3+4=7"), spelled-out facts ("3 plus 4 is 7.", "The sum of 3 and 4 is
 7."), bare questions in the tasks' phrasings ("Compute 3 plus 4.") and questions followed by
 their equation ("Compute 3 plus 4. 3+4=7"), questions only from the train side of the
-split, and comparisons of two numbers ("32 vs 32: same.", "32 vs 23: different."). They
+split, comparisons of two numbers ("32 vs 32: same.", "32 vs 23: different."), and
+answers checked ("Compute 3 plus 4. The answer is 9. 3+4=7 vs 9: different."). They
 are packed into fixed-length blocks that start with `<|bos|>`, each line ended by the
 tokenizer's end-of-text token (`<|end|>`) and a newline, as a real base model has
 seen its end-of-text token close documents. There is no chat markup, so a model pretrained
@@ -31,7 +32,7 @@ class CorpusConfig:
     """What the pretraining text is made of."""
 
     families: tuple[str, ...] = ("add", "sub", "mul")
-    equation_weight: float = 0.35
+    equation_weight: float = 0.25
     """Share of lines like '3+4=7'."""
     statement_weight: float = 0.15
     """Share of lines like '3 plus 4 is 7.' or '3 + 4 = 7'."""
@@ -51,8 +52,19 @@ class CorpusConfig:
     Correct/Wrong followed its own, correct, comparison no better than chance (0.56-0.60
     teacher-forced, after 300 SFT steps on up to 1,000 judge examples; measured
     2026-12-04), while 900 steps of these lines alone taught the base 0.99."""
-    block_size: int = 64
-    """Tokens per training sequence, `<|bos|>` included."""
+    check_weight: float = 0.1
+    """Share of questions (train split) followed by an answer, right half the time, and
+    then the question's equation compared with it: 'Compute 3 plus 4. The answer is 9.
+    3+4=7 vs 9: different.' Text in which a question's operands are copied past an answer
+    in between, as a checker (and the world's self-judge, `world.pack`) must. Without
+    them the judge quoted the answer right but wrote another question's equation
+    ('Said 7. 10-7=3' for "From 16, subtract 9."; `bench/judge_decision.py`,
+    2026-12-05)."""
+    block_size: int = 192
+    """Tokens per training sequence, `<|bos|>` included. As long as the longest judge chat
+    (rubric prompt, then verdict: up to about 150 tokens), so that every position and
+    distance the self-judge uses was seen in pretraining (at 64, judge chats ran far past
+    what the model had ever attended over)."""
     end_of_text: bool = True
     """End each line with the tokenizer's end-of-text token. Without it that token's
     embedding is never trained: it stays in the cluster of unused tokens' embeddings, which
@@ -75,13 +87,14 @@ class CorpusLines:
         self.questions: dict[str, list[Problem]] = {
             f.name: f.all_problems("train") for f in self.families
         }
-        self.kinds = ("equation", "statement", "question", "worked", "compare")
+        self.kinds = ("equation", "statement", "question", "worked", "compare", "check")
         self.weights = (
             corpus.equation_weight,
             corpus.statement_weight,
             corpus.question_weight,
             corpus.worked_weight,
             corpus.compare_weight,
+            corpus.check_weight,
         )
         self.rng = random.Random(f"corpus:{seed}")
 
@@ -96,6 +109,8 @@ class CorpusLines:
             return f"{problem.prompt} {problem.worked}"
         if kind == "compare":
             return self.comparison(family)
+        if kind == "check":
+            return self.check(family)
         a, b = rng.choice(family.operand_pairs)
         form = 0 if kind == "equation" else rng.randrange(1, len(family.statements))
         return family.statement(a, b, form)
@@ -115,6 +130,16 @@ class CorpusLines:
         else:
             y = x + rng.choice(DIFFERENT_BY)
         return compare_line(x, y)
+
+    def check(self, family: TaskFamily) -> str:
+        """A question, an answer (right half the time, else off by a little), and the
+        question's equation compared with the answer."""
+        rng = self.rng
+        problem = rng.choice(self.questions[family.name])
+        x = family.op(problem.a, problem.b)
+        y = x if rng.random() < 0.5 else x + rng.choice(DIFFERENT_BY)
+        said = rng.choice((f"The answer is {y}.", f"{problem.a}{family.symbol}{problem.b}={y}."))
+        return f"{problem.prompt} {said} {problem.a}{family.symbol}{problem.b}={compare_line(x, y)}"
 
     def __iter__(self) -> Iterator[str]:
         while True:

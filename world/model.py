@@ -1,7 +1,7 @@
 """The arith world's model: a small, freshly initialized Llama (`LlamaForCausalLM`).
 
 `build_model(tokenizer, seed)` returns a random-weight model (~0.86M parameters by default:
-hidden 128, 4 layers, 4 heads, MLP 384, 128 positions, tied embeddings) sized to the
+hidden 128, 4 layers, 4 heads, MLP 384, 256 positions, tied embeddings) sized to the
 tokenizer's vocabulary, with its special-token ids and generation settings (greedy, stop at
 the end-of-turn token) filled in. It does not train or load weights (see `pretrain`).
 """
@@ -23,7 +23,7 @@ class ModelShape:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 384
-    max_positions: int = 128
+    max_positions: int = 256
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

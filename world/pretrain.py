@@ -76,7 +76,7 @@ class BootstrapSettings:
     minutes: float = DEFAULT_MINUTES
     seed: int = 0
     max_steps: int | None = DEFAULT_STEPS
-    batch_size: int = 32
+    batch_size: int = 11
     learning_rate: float = 3e-3
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1

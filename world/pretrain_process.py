@@ -18,8 +18,9 @@ or trained: `world.pretrain`) and does not make the bits equal on other processo
 
 KNOWN BUG (found 2026-12-04): on an Intel Xeon with AMX (Sapphire Rapids) the pinned
 training computes other bits than on the AVX2-only and AVX-512 machines that made and
-rebuilt the shipped weights (`8a52238f...` against `ab34344b...`): the first step's loss
-already differs in its last bit. Pinning MKL at `COMPATIBLE` or ATen at `default` makes
+rebuilt the base shipped then (`8a52238f...` against `ab34344b...`): the first step's loss
+already differs in its last bit. (The base shipped since 2026-12-05 was built on an
+AVX-512 machine without AMX.) Pinning MKL at `COMPATIBLE` or ATen at `default` makes
 that first loss equal but not the steps after. The cause is not found yet.
 """
 

@@ -82,7 +82,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         pad_token=PAD,
         additional_special_tokens=[SYSTEM, USER, ASSISTANT],
         clean_up_tokenization_spaces=False,
-        model_max_length=128,
+        model_max_length=256,  # the model's positions (`world.model.ModelShape`)
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from daemon.cli.world_commands import world_app
 from replay.records import parse_record
-from world.corpus import CorpusStream, sample_text
+from world.corpus import CorpusConfig, CorpusStream, sample_text
 from world.logs import generate_logs
 from world.split import split_of
-from world.tasks import families, get_family
+from world.tasks import compare_line, families, get_family
 from world.tokenizer import build_tokenizer
 from world.verify import verify_integer
 
@@ -78,11 +78,29 @@ def test_corpus_has_no_chat_and_no_heldout_questions() -> None:
     assert text == sample_text(3000, seed=0)
 
 
+def test_corpus_checks_answers_to_train_questions() -> None:
+    """'Compute 3 plus 4. The answer is 9. 3+4=7 vs 9: different.': the question's own
+    equation, compared right with the answer in between, half the time the same."""
+    problems = {p.prompt: p for n in ("add", "sub", "mul") for p in get_family(n).all_problems()}
+    checks = []
+    for line in sample_text(3000, seed=1).splitlines():
+        match = re.fullmatch(r"(.+[.?]) (?:The answer is |\d+[-+*]\d+=)(-?\d+)\. (.+)", line)
+        if match and match.group(1) in problems:
+            checks.append((problems[match.group(1)], int(match.group(2)), match.group(3)))
+    assert len(checks) > 100
+    for problem, said, tail in checks:
+        assert problem.split == "train"
+        right = int(problem.answer)
+        assert tail == f"{problem.worked.split('=')[0]}={compare_line(right, said)}"
+    same = sum(said == int(problem.answer) for problem, said, _ in checks) / len(checks)
+    assert 0.35 < same < 0.65
+
+
 def test_corpus_blocks() -> None:
     tok = build_tokenizer()
     stream = iter(CorpusStream(tok, seed=0))
     block = next(stream)
-    assert block["input_ids"].shape == (64,)
+    assert block["input_ids"].shape == (CorpusConfig().block_size,)
     assert int(block["input_ids"][0]) == tok.bos_token_id
     assert block["labels"].tolist() == block["input_ids"].tolist()
     again = next(iter(CorpusStream(tok, seed=0)))

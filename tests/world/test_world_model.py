@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -37,3 +38,12 @@ def test_save_pretrained_round_trip(tmp_path: Path) -> None:
         got = loaded(**batch).logits
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert loaded.generation_config.eos_token_id == tok.eos_token_id
+
+
+def test_the_tokenizer_knows_the_models_context() -> None:
+    from world.model import ModelShape
+    from world.shipped import SHIPPED_DIR
+
+    assert build_tokenizer().model_max_length == ModelShape().max_positions
+    config = json.loads((SHIPPED_DIR / "config.json").read_text())
+    assert config["max_position_embeddings"] == ModelShape().max_positions
