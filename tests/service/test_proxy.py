@@ -5,8 +5,9 @@ itself under uvicorn too, so that streaming and a client going away are real soc
 model name becomes production's (the base's served name, then `v1` once promoted), answers
 come back as the server gave them, each exchange is stored once with its request id, a client
 that leaves mid-stream still leaves a row, an unreachable or failing server gives 502 and no
-row, and an adapter the server does not hold is loaded then served. The last test puts the
-proxy in front of a real vLLM server on CPU and promotes an adapter while requests flow.
+row, and an adapter the server does not hold is loaded then served. The last tests put the
+proxy in front of a real vLLM server on CPU: a client leaves mid-stream, and an adapter is
+promoted while requests flow.
 """
 
 from __future__ import annotations
@@ -439,6 +440,11 @@ def test_a_conversation_ingest_would_refuse_is_answered_but_not_stored(
 # ------------------------------------------------------------------ a real vLLM server
 
 
+LONG_ANSWER = 2048
+"""Tokens a stream is asked for when the client leaves early: seconds of generation for the
+tiny model on CPU, so the client is gone long before the server would finish."""
+
+
 def _vllm_missing() -> str | None:
     import importlib.util
 
@@ -451,19 +457,21 @@ def _vllm_missing() -> str | None:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight tiny Llama with the world's tokenizer (its chat template); the test
-    skips first when vLLM is missing (and fails under CI)."""
+    """A random-weight tiny Llama with the world's tokenizer (its chat template) and room
+    for `LONG_ANSWER` tokens; the test skips first when vLLM is missing (and fails under
+    CI)."""
     message = _vllm_missing()
     if message is not None:
         if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
             pytest.fail(f"{message} (CI must run the vllm tests)")
         pytest.skip(message)
-    from world.model import build_model
+    from world.model import ModelShape, build_model
     from world.tokenizer import build_tokenizer
 
     path = tmp_path_factory.mktemp("proxy-model") / "model"
     tokenizer = build_tokenizer()
-    build_model(tokenizer, seed=0).save_pretrained(path)
+    shape = ModelShape(max_positions=2 * LONG_ANSWER)
+    build_model(tokenizer, seed=0, shape=shape).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -564,6 +572,41 @@ def test_in_front_of_vllm_a_promotion_takes_over_while_requests_flow(
     adapters_seen = [stored(sqlite_engine, rid).adapter for _, _, _, rid, _ in traffic.done]
     assert adapters_seen[0] == "base" and adapters_seen[-1] == "v1"
     assert adapters_seen == sorted(adapters_seen)  # base, ..., base, v1, ..., v1
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.xdist_group("vllm")
+def test_in_front_of_vllm_a_client_that_leaves_mid_stream_leaves_a_row(
+    sqlite_engine: Engine, home: Home, tiny_model: Path, vllm_url: str
+) -> None:
+    base = str(tiny_model)
+    body = ask(max_tokens=LONG_ANSWER, temperature=0, stream=True, ignore_eos=True)
+    received = b""
+    with proxy(sqlite_engine, home, settings_for(base, vllm_url)) as url:
+        with (
+            httpx.Client(timeout=120) as client,
+            client.stream("POST", f"{url}/v1/chat/completions", json=body) as answer,
+        ):
+            assert answer.status_code == 200
+            request_id = answer.headers[HEADER]
+            for chunk in answer.iter_raw():
+                received += chunk
+                if received.count(b'"content":') >= 4:
+                    break  # a few tokens in, about 2,000 still to come
+        row = stored(sqlite_engine, request_id, timeout=60)
+        after = httpx.post(f"{url}/v1/chat/completions", json=ask(max_tokens=4), timeout=120)
+    assert after.status_code == 200  # the server is free for the next request
+    assert row.meta["client_disconnected"] is True and row.meta["stream"] is True
+    assert row.meta["finish_reason"] is None and row.adapter == "base"
+    seen = "".join(
+        json.loads(line[len("data: ") :])["choices"][0]["delta"].get("content") or ""
+        for line in received.decode().split("\n\n")[:-1]  # whole events only
+        if line.startswith("data: {")
+    )
+    kept = row.messages[-1]
+    assert kept["role"] == "assistant" and kept["content"].startswith(seen)
+    assert len(kept["content"]) < LONG_ANSWER  # cut off, not the whole answer
 
 
 def _promote_live(
