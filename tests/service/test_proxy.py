@@ -485,6 +485,12 @@ def vllm_url(tiny_model: Path) -> Iterator[str]:
         yield url
 
 
+def in_front_of_vllm(test: Any) -> Any:
+    """The marks of a test against the real vLLM server: `vllm`, `slow`, and one xdist group
+    so that the module's server is started once."""
+    return pytest.mark.vllm(pytest.mark.slow(pytest.mark.xdist_group("vllm")(test)))
+
+
 def _served_by(answer: httpx.Response, stream: bool) -> str:
     """The model name the server says answered (`model` of the JSON, or of the first chunk)."""
     if not stream:
@@ -529,9 +535,7 @@ class Traffic:
             time.sleep(0.05)
 
 
-@pytest.mark.vllm
-@pytest.mark.slow
-@pytest.mark.xdist_group("vllm")
+@in_front_of_vllm
 def test_in_front_of_vllm_a_promotion_takes_over_while_requests_flow(
     sqlite_engine: Engine, home: Home, tiny_model: Path, vllm_url: str
 ) -> None:
@@ -574,9 +578,7 @@ def test_in_front_of_vllm_a_promotion_takes_over_while_requests_flow(
     assert adapters_seen == sorted(adapters_seen)  # base, ..., base, v1, ..., v1
 
 
-@pytest.mark.vllm
-@pytest.mark.slow
-@pytest.mark.xdist_group("vllm")
+@in_front_of_vllm
 def test_in_front_of_vllm_a_client_that_leaves_mid_stream_leaves_a_row(
     sqlite_engine: Engine, home: Home, tiny_model: Path, vllm_url: str
 ) -> None:
