@@ -27,6 +27,12 @@ from replay.db import make_engine
 PG_URL = os.environ.get("TUTORD_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `longest` first: under `-n 2` the one that rebuilds the shipped base
+    (about 12 minutes) then runs beside the rest instead of alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)
+
+
 def _pg_admin_engine() -> Engine:
     engine = make_engine(PG_URL, isolation_level="AUTOCOMMIT")
     try:

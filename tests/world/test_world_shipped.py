@@ -56,6 +56,7 @@ def test_damaged_shipped_weights_are_refused(
 
 
 @pytest.mark.slow
+@pytest.mark.longest  # about 12 minutes on one thread
 def test_tutord_world_bootstrap_rebuilds_the_shipped_weights_bit_for_bit(tmp_path: Path) -> None:
     """About 6 minutes on one thread: the whole default pretraining."""
     out = tmp_path / "rebuilt"
