@@ -138,8 +138,9 @@ class CorpusLines:
         problem = rng.choice(self.questions[family.name])
         x = family.op(problem.a, problem.b)
         y = x if rng.random() < 0.5 else x + rng.choice(DIFFERENT_BY)
-        said = rng.choice((f"The answer is {y}.", f"{problem.a}{family.symbol}{problem.b}={y}."))
-        return f"{problem.prompt} {said} {problem.a}{family.symbol}{problem.b}={compare_line(x, y)}"
+        operation = f"{problem.a}{family.symbol}{problem.b}"
+        said = rng.choice((f"The answer is {y}.", f"{operation}={y}."))
+        return f"{problem.prompt} {said} {operation}={compare_line(x, y)}"
 
     def __iter__(self) -> Iterator[str]:
         while True:

@@ -56,9 +56,9 @@ def test_damaged_shipped_weights_are_refused(
 
 
 @pytest.mark.slow
-@pytest.mark.longest  # about 12 minutes on one thread
+@pytest.mark.longest
 def test_tutord_world_bootstrap_rebuilds_the_shipped_weights_bit_for_bit(tmp_path: Path) -> None:
-    """About 6 minutes on one thread: the whole default pretraining."""
+    """About 12 minutes on one thread: the whole default pretraining."""
     out = tmp_path / "rebuilt"
     args = ["--home", str(tmp_path / "home"), "world", "bootstrap", "--out", str(out)]
     cli = CliRunner().invoke(app, [*args, "--force", "--json"])
