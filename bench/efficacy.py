@@ -6,10 +6,10 @@ disabled. All runs share the shipped base model (the loop's traffic and cycles v
 the seed, the base does not); `--jobs` runs go at once, one thread each. Prints, per cycle
 and family, the median and range over seeds of production before the cycle and of the
 candidate; the stages the curriculum chose; the judge's agreement with the verifiers per
-cycle; final production per family with the judge on and off; and forgetting with and
-without replay, of production (best score of a family minus its final score) and of the
-candidates (the largest drop a candidate showed from the family's best: what training
-cost before the gate refused it).
+cycle; the pairs only the judge ordered, made and trained on; final production per family
+with the judge on and off; and forgetting with and without replay, of production (best
+score of a family minus its final score) and of the candidates (the largest drop a
+candidate showed from the family's best: what training cost before the gate refused it).
 
     .venv/bin/python bench/efficacy.py --seeds 3 --out efficacy.json
 
@@ -112,6 +112,13 @@ def report(runs: list[dict[str, Any]], judge_off: list[dict[str, Any]]) -> str:
             + "   ".join(cells)
             + f"   ({', '.join(f'{k} x{v}' for k, v in sorted(outcomes.items()))})"
         )
+    made = [sum(c.get("judge_decided_pairs", 0) for c in r["cycles"]) for r in runs]
+    trained = [sum(c.get("judge_decided_trained", 0) for c in r["cycles"]) for r in runs]
+    lines.append("")
+    lines.append(
+        f"judge-only pairs per run: made {spread(made)}, "
+        f"trained on (DPO datasets) {spread(trained)}"
+    )
     lines.append("")
     lines.append("final production per family: judge on | judge off")
     for f in FAMILIES:

@@ -41,6 +41,8 @@ class TrainingRow:
     task: str
     row: dict[str, Any]
     ref: str
+    judge_decided: bool = False
+    """A pair that only the judge ordered (no verifier, reference or feedback did)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class AssembledDataset:
     newest: Watermarks
     heldout_excluded: int = 0
     """Rows left out because their prompt is a task's held-out item."""
+    judge_decided: int = 0
+    """Fresh pairs in it that only the judge ordered."""
 
     @property
     def rows(self) -> int:
@@ -112,6 +116,7 @@ def fresh_pairs(engine: Engine, after: int) -> list[TrainingRow]:
                     "task": r.task,
                 },
                 f"preference_pairs:{r.id}",
+                bool((r.meta or {}).get("judge_decided")),
             )
             for r in rows.scalars()
         ]
@@ -231,6 +236,7 @@ def assemble(
         entries = [
             ({**row, "grader": grader_of(row.get("task"))}, o, ref, t) for row, o, ref, t in entries
         ]
+    judge_decided = sum(1 for r in fresh if r.judge_decided)
     random.Random(f"assemble:{stage}:{seed}").shuffle(entries)
     by_task: dict[str, dict[str, int]] = {}
     for _, origin, _, task in entries:
@@ -248,6 +254,7 @@ def assemble(
         "ratio_target": ratio,
         "ratio_actual": len(replayed) / len(entries) if entries else 0.0,
         "heldout_excluded": dropped + dropped_replay,
+        "judge_decided": judge_decided,
         "by_task": {t: dict(c) for t, c in sorted(by_task.items())},
         "sha256": hashlib.sha256(data.encode("utf-8")).hexdigest(),
         "watermarks": asdict(marks),
@@ -268,4 +275,5 @@ def assemble(
         {t: dict(c) for t, c in by_task.items()},
         marks,
         dropped + dropped_replay,
+        judge_decided,
     )

@@ -200,8 +200,13 @@ def _assemble(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
     )
     ctx.say(
         f"  dataset: {dataset.fresh} fresh + {dataset.replay} replay rows "
-        f"({dataset.ratio_actual:.0%} replay; {dataset.heldout_excluded} held-out rows left out) "
-        f"-> {dataset.path}"
+        f"({dataset.ratio_actual:.0%} replay; {dataset.heldout_excluded} held-out rows left out"
+        + (
+            f"; {dataset.judge_decided} pairs only the judge ordered"
+            if dataset.judge_decided
+            else ""
+        )
+        + f") -> {dataset.path}"
     )
     fault_point("assemble")
     return StepOutcome(
@@ -215,6 +220,7 @@ def _assemble(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
             "replay": dataset.replay,
             "by_task": dataset.by_task,
             "heldout_excluded": dataset.heldout_excluded,
+            "judge_decided": dataset.judge_decided,
         },
     )
 

@@ -113,6 +113,8 @@ class CycleRow:
     wrong answers it failed (None when one kind was missing)."""
     judge_decided_pairs: int = 0
     """Pairs of that run that only the judge ordered (made while its health held)."""
+    judge_decided_trained: int = 0
+    """Pairs only the judge ordered that the cycle's dataset trained on (a DPO cycle's)."""
 
 
 def _settings(home: Home, replay_ratio: float | None, judge: bool = True) -> Settings:
@@ -156,6 +158,7 @@ def cycle_row(
             health = (run.health or {}) if run else {}
             decided = int((run.counts or {}).get("judge_decided_pairs", 0)) if run else 0
             curriculum = (cycle.decision_reason or "") if cycle else ""
+            trained = int(((cycle.dataset or {}) if cycle else {}).get("judge_decided", 0))
     finally:
         engine.dispose()
     return CycleRow(
@@ -172,6 +175,7 @@ def cycle_row(
         health.get("agreement"),
         health.get("balanced"),
         decided,
+        trained,
     )
 
 

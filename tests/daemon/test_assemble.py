@@ -116,3 +116,35 @@ def test_fresh_rows_from_the_database_respect_watermarks(db_engine: Engine) -> N
     state = curriculum_state(db_engine, lambda stage: Watermarks(), sft_runs=0, tasks=tasks)
     assert (state.fresh_sft, state.fresh_pairs, state.rl_prompts) == (3, 1, 1)
     assert state.parse_rate == 0.0  # 3 of 4 right by the verifier, but "x" is no integer
+
+
+def test_a_dpo_dataset_counts_the_pairs_only_the_judge_ordered(
+    db_engine: Engine, tmp_path: Path
+) -> None:
+    with session_scope(db_engine) as s:
+        for i, decided in enumerate((True, False, True)):
+            s.add(
+                PreferencePair(
+                    record_key=f"p{i}",
+                    source="t",
+                    content_hash=f"h{i}",
+                    origin="synth",
+                    prompt=Q,
+                    chosen="7",
+                    rejected=str(i),
+                    task="add",
+                    meta={"judge_decided": decided, "synth_run_id": 1},
+                )
+            )
+    fresh = fresh_rows(db_engine, "dpo", Watermarks())
+    assert [r.judge_decided for r in fresh] == [True, False, True]
+    ds = assemble(db_engine, "dpo", tmp_path, fresh, ratio=0.0, seed=0, marks=Watermarks())
+    assert ds.judge_decided == 2
+    assert json.loads(ds.manifest_path.read_text())["judge_decided"] == 2
+    later = fresh_rows(db_engine, "dpo", Watermarks(pair_id=2))
+    assert (
+        assemble(
+            db_engine, "dpo", tmp_path / "b", later, ratio=0.0, seed=0, marks=Watermarks()
+        ).judge_decided
+        == 1
+    )
