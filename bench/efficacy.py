@@ -143,6 +143,14 @@ def report(runs: list[dict[str, Any]], judge_off: list[dict[str, Any]]) -> str:
                 measure(r["ablation_cycles"]).get(f, 0.0) for r in runs if r.get("ablation_cycles")
             ]
             lines.append(f"  {f}: {spread(with_replay)} | {spread(without)}")
+        earlier = FAMILIES[:-1]
+        with_sum = [sum(measure(r["cycles"]).get(f, 0.0) for f in earlier) for r in runs]
+        without_sum = [
+            sum(measure(r["ablation_cycles"]).get(f, 0.0) for f in earlier)
+            for r in runs
+            if r.get("ablation_cycles")
+        ]
+        lines.append(f"  {' + '.join(earlier)}: {spread(with_sum)} | {spread(without_sum)}")
     return "\n".join(lines)
 
 
