@@ -75,10 +75,12 @@ def default_template(home: Home, settings: Settings, judge: GenerationBackend) -
     tokenizer = getattr(judge, "tokenizer", None)
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
         return COMPACT_POINTWISE_TEMPLATE if length < COMPACT_RUBRIC_BELOW else POINTWISE_TEMPLATE
-    from stages.generate.chat import encode_prompts
+    from stages.generate.chat import render_prompts
 
     rubric = POINTWISE_TEMPLATE.format(prompt="", response="")
-    [ids] = encode_prompts(tokenizer, [[{"role": "user", "content": rubric}]])
+    [text] = render_prompts(tokenizer, [[{"role": "user", "content": rubric}]])
+    # Measured, never fed to the model: no "longer than the maximum length" warning.
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     needed = (
         len(ids)
         + RUBRIC_QUESTION_ALLOWANCE
