@@ -442,7 +442,7 @@ def test_a_conversation_ingest_would_refuse_is_answered_but_not_stored(
 
 LONG_ANSWER = 2048
 """Tokens a stream is asked for when the client leaves early: seconds of generation for the
-tiny model on CPU, so the client is gone long before the server would finish."""
+tiny model on CPU, so the client is usually gone long before the server would finish."""
 
 
 def _vllm_missing() -> str | None:
@@ -584,23 +584,33 @@ def test_in_front_of_vllm_a_client_that_leaves_mid_stream_leaves_a_row(
 ) -> None:
     base = str(tiny_model)
     body = ask(max_tokens=LONG_ANSWER, temperature=0, stream=True, ignore_eos=True)
-    received = b""
     with proxy(sqlite_engine, home, settings_for(base, vllm_url)) as url:
-        with (
-            httpx.Client(timeout=120) as client,
-            client.stream("POST", f"{url}/v1/chat/completions", json=body) as answer,
-        ):
-            assert answer.status_code == 200
-            request_id = answer.headers[HEADER]
-            for chunk in answer.iter_raw():
-                received += chunk
-                if received.count(b'"content":') >= 4:
-                    break  # a few tokens in, about 2,000 still to come
-        row = stored(sqlite_engine, request_id, timeout=60)
-        after = httpx.post(f"{url}/v1/chat/completions", json=ask(max_tokens=4), timeout=120)
-    assert after.status_code == 200  # the server is free for the next request
-    assert row.meta["client_disconnected"] is True and row.meta["stream"] is True
-    assert row.meta["finish_reason"] is None and row.adapter == "base"
+        # Whether the server is still generating when the client leaves is a race: in a CI
+        # run with the other worker busy, this process was starved while the server finished
+        # all 2,048 tokens (finish_reason "length"), and the proxy had relayed them all.
+        # Such an attempt still leaves a row; the cut is checked on an attempt where the
+        # server was still going, and one of 3 must be.
+        for _ in range(3):
+            received = b""
+            with (
+                httpx.Client(timeout=120) as client,
+                client.stream("POST", f"{url}/v1/chat/completions", json=body) as answer,
+            ):
+                assert answer.status_code == 200
+                request_id = answer.headers[HEADER]
+                for chunk in answer.iter_raw():
+                    received += chunk
+                    if received.count(b'"content":') >= 4:
+                        break  # a few tokens in, about 2,000 still to come
+            row = stored(sqlite_engine, request_id, timeout=60)
+            after = httpx.post(f"{url}/v1/chat/completions", json=ask(max_tokens=4), timeout=120)
+            assert after.status_code == 200  # the server is free for the next request
+            assert row.meta["stream"] is True and row.adapter == "base"
+            if row.meta["finish_reason"] is None:  # cut: the server was still going
+                assert row.meta["client_disconnected"] is True
+                break
+        else:
+            pytest.fail("the server finished all 3 answers before the client left")
     seen = "".join(
         json.loads(line[len("data: ") :])["choices"][0]["delta"].get("content") or ""
         for line in received.decode().split("\n\n")[:-1]  # whole events only
