@@ -12,7 +12,9 @@ from sqlalchemy import Engine
 from daemon import adapters, lease
 from daemon.service.leader import AlreadyRunning, FileLeadership, LeaseLeadership
 
-TTL = timedelta(seconds=1)
+TTL = timedelta(seconds=3)
+"""Long enough that a busy CI worker (the other one running the suite) does not see it run
+out between two steps meant to happen within it: with 1 s it did, once."""
 
 
 def test_a_follower_takes_over_an_expired_lease_and_fences_the_old_leader(
