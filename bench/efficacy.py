@@ -137,20 +137,16 @@ def report(runs: list[dict[str, Any]], judge_off: list[dict[str, Any]]) -> str:
         ),
     ):
         lines.append(f"{title}: with replay | without")
-        for f in FAMILIES[:-1]:
-            with_replay = [measure(r["cycles"]).get(f, 0.0) for r in runs]
-            without = [
-                measure(r["ablation_cycles"]).get(f, 0.0) for r in runs if r.get("ablation_cycles")
-            ]
-            lines.append(f"  {f}: {spread(with_replay)} | {spread(without)}")
+        with_replay = [measure(r["cycles"]) for r in runs]
+        without = [measure(r["ablation_cycles"]) for r in runs if r.get("ablation_cycles")]
         earlier = FAMILIES[:-1]
-        with_sum = [sum(measure(r["cycles"]).get(f, 0.0) for f in earlier) for r in runs]
-        without_sum = [
-            sum(measure(r["ablation_cycles"]).get(f, 0.0) for f in earlier)
-            for r in runs
-            if r.get("ablation_cycles")
-        ]
-        lines.append(f"  {' + '.join(earlier)}: {spread(with_sum)} | {spread(without_sum)}")
+        for f in earlier:
+            on = [m.get(f, 0.0) for m in with_replay]
+            off = [m.get(f, 0.0) for m in without]
+            lines.append(f"  {f}: {spread(on)} | {spread(off)}")
+        on = [sum(m.get(f, 0.0) for f in earlier) for m in with_replay]
+        off = [sum(m.get(f, 0.0) for f in earlier) for m in without]
+        lines.append(f"  {' + '.join(earlier)}: {spread(on)} | {spread(off)}")
     return "\n".join(lines)
 
 
