@@ -56,14 +56,31 @@ def run_tutord(
     )
 
 
-def start_run(home: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+class TutordProcess(subprocess.Popen[bytes]):
+    """A background `tutord run` whose stdout and stderr go to a file (no pipe can fill),
+    so that a failing test can show what the process said."""
+
+    log_path: Path
+
+    def output(self, tail: int = 4000) -> str:
+        """The last `tail` characters the process wrote, for an assertion's message."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return f"tutord run (pid {self.pid}, exit {self.poll()}) said:\n{text[-tail:]}"
+
+
+def start_run(home: Path, env: Mapping[str, str] | None = None) -> TutordProcess:
     """`tutord --home HOME run` as a background process (OMP_NUM_THREADS=1, no inherited
-    WATCHDOG_PID, `env` added); its output is discarded so that no pipe can fill."""
+    WATCHDOG_PID, `env` added); its output goes to `run-N.log` beside the home."""
     full = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     full.pop("WATCHDOG_PID", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "--home", str(home), "run"],
-        env=full,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    n = len(list(home.parent.glob(f"{home.name}-run-*.log")))
+    log_path = home.parent / f"{home.name}-run-{n}.log"
+    with log_path.open("wb") as log:
+        proc = TutordProcess(
+            [sys.executable, "-m", "daemon.cli", "--home", str(home), "run"],
+            env=full,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    proc.log_path = log_path
+    return proc

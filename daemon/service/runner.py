@@ -164,9 +164,9 @@ class Service:
         return f"{role}; {self.leadership.describe()}"
 
     def run(self) -> int:
+        self.install_signals()  # first: a stop asked for while starting is still graceful
         check_schema(self.engine)
         self.leadership.try_acquire()
-        self.install_signals()
         scheduler = BackgroundScheduler(
             timezone=UTC, executors={"default": ThreadPoolExecutor(max_workers=4)}
         )

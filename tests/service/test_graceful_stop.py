@@ -56,12 +56,12 @@ def test_sigterm_mid_training_exits_0_and_the_next_start_finishes_the_cycle(
     while time.monotonic() < deadline and not (
         train_log.exists() and len(train_log.read_text().splitlines()) >= 1
     ):
-        assert proc.poll() is None, "tutord run exited before training"
+        assert proc.poll() is None, proc.output()
         time.sleep(0.2)
-    assert train_log.exists(), "the stage never logged a step"
+    assert train_log.exists(), f"the stage never logged a step; {proc.output()}"
     asked = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 0
+    assert proc.wait(60) == 0, proc.output()
     assert time.monotonic() - asked < 45
     assert cycles(home) == [(1, "train")]  # resumable, nothing half-promoted
     checkpoints = home / "cycles" / "00001" / "train" / "checkpoints"
@@ -72,11 +72,11 @@ def test_sigterm_mid_training_exits_0_and_the_next_start_finishes_the_cycle(
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and cycles(home)[0][1] not in ("done", "failed"):
-            assert again.poll() is None
+            assert again.poll() is None, again.output()
             time.sleep(0.5)
-        assert cycles(home)[0][1] == "done"
+        assert cycles(home)[0][1] == "done", again.output()
         result = json.loads((home / "cycles" / "00001" / "train" / "result.json").read_text())
         assert result["resumed_from"] and result["steps"] == 400
     finally:
         again.send_signal(signal.SIGTERM)
-        assert again.wait(60) == 0
+        assert again.wait(60) == 0, again.output()

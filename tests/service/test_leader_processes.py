@@ -63,7 +63,7 @@ def test_one_leader_and_takeover_within_the_ttl(shared: tuple[list[Path], Engine
     homes, engine = shared
     procs = {p.pid: p for p in (start_run(homes[0]), start_run(homes[1]))}
     try:
-        pid, token = wait_leader(engine, 60)
+        pid, token = wait_leader(engine, 180)
         assert pid in procs
         time.sleep(TTL)  # the follower keeps following while the leader renews
         assert leader(engine) == (pid, token)
