@@ -34,6 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evals.retention import Question, general_questions
+
 MODEL = "smollm2-135m-instruct"
 
 
@@ -60,20 +62,16 @@ def cycle(home: Path, traffic: int | None, overrides: list[str], rehearsal: bool
     )
 
 
-def _suite(home: Path) -> list[dict[str, str]]:
-    return [json.loads(line) for line in (home / "retention.jsonl").read_text().splitlines()]
-
-
 def _backend(home: Path) -> Any:
     from stages.generate.factory import make_backend
 
     return make_backend("transformers", str(home / "models" / MODEL))
 
 
-def _answers(backend: Any, rows: list[dict[str, str]], params: Any, adapter: Any = None) -> Any:
+def _answers(backend: Any, rows: list[Question], params: Any, adapter: Any = None) -> Any:
     out = []
     for start in range(0, len(rows), 32):
-        chats = [[{"role": "user", "content": r["prompt"]}] for r in rows[start : start + 32]]
+        chats = [[{"role": "user", "content": r.prompt}] for r in rows[start : start + 32]]
         out.extend(backend.generate(chats, params, adapter=adapter))
     return out
 
@@ -93,7 +91,7 @@ def robust(home: Path, samples: int) -> None:
     from judges.graders import resolve_grader
     from stages.generate.api import SamplingParams
 
-    suite = _suite(home)
+    suite = general_questions(home / "retention.jsonl")
     backend = _backend(home)
     params = SamplingParams(temperature=0.7, n=samples, max_new_tokens=32, seed=0)
     try:
@@ -102,7 +100,7 @@ def robust(home: Path, samples: int) -> None:
         backend.close()
     grade = resolve_grader("contains")
     right = [
-        int(sum(grade([q["prompt"]] * len(t), t, reference=[q["reference"]] * len(t))))
+        int(sum(grade([q.prompt] * len(t), t, reference=[q.reference] * len(t))))
         for q, t in zip(suite, sampled, strict=True)
     ]
     print(
@@ -128,8 +126,8 @@ def scale(home: Path, scales: list[float]) -> None:
     from stages.generate.api import AdapterRef, SamplingParams
 
     adapter = max((home / "adapters").glob("v*"), key=lambda p: int(p.name[1:]))
-    retention = _suite(home)
-    sums = [json.loads(line) for line in (home / "sum2.jsonl").read_text().splitlines()][-120:]
+    retention = general_questions(home / "retention.jsonl")
+    sums = general_questions(home / "sum2.jsonl")[-120:]
     backend = _backend(home)
     lengths = {"contains": 32, "exact": 8}  # the two tasks' max_new_tokens in the demo
     try:
@@ -145,8 +143,8 @@ def scale(home: Path, scales: list[float]) -> None:
             for rows, grader in ((retention, "contains"), (sums, "exact")):
                 greedy = SamplingParams(temperature=0.0, max_new_tokens=lengths[grader])
                 texts = [t[0] for t in _answers(backend, rows, greedy, ref)]
-                refs = [r["reference"] for r in rows]
-                got = resolve_grader(grader)([r["prompt"] for r in rows], texts, reference=refs)
+                refs = [r.reference for r in rows]
+                got = resolve_grader(grader)([r.prompt for r in rows], texts, reference=refs)
                 scores.append(sum(got) / len(rows))
             print(f"{adapter.name} scaled by {s}: retention {scores[0]:.3f}, sum2 {scores[1]:.3f}")
     finally:

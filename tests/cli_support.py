@@ -70,7 +70,7 @@ class TutordProcess(subprocess.Popen[bytes]):
 
 def start_run(home: Path, env: Mapping[str, str] | None = None) -> TutordProcess:
     """`tutord --home HOME run` as a background process (OMP_NUM_THREADS=1, no inherited
-    WATCHDOG_PID, `env` added); its output goes to `run-N.log` beside the home."""
+    WATCHDOG_PID, `env` added); its output goes to `<home>-run-N.log` beside the home."""
     full = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     full.pop("WATCHDOG_PID", None)
     n = len(list(home.parent.glob(f"{home.name}-run-*.log")))

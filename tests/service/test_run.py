@@ -81,7 +81,7 @@ def test_run_notifies_ingests_the_spool_and_stops_on_sigterm(
         assert wait_for(lambda: (spool / "done" / "good.jsonl").exists(), 20), proc.output()
         failed = spool / "failed" / "bad.jsonl.errors.json"
         assert wait_for(failed.exists, 20), proc.output()
-        errors = json.loads((spool / "failed" / "bad.jsonl.errors.json").read_text())
+        errors = json.loads(failed.read_text())
         assert errors["rejected"] > 0 and errors["errors"][0]["line"] >= 1
         assert (spool / "partial.jsonl.part").exists()  # incomplete files are left alone
         stopped = time.monotonic()
