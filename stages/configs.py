@@ -211,6 +211,11 @@ class SFTStageConfig:
     """Batch chats of similar length together (transformers' `group_by_length` sampler):
     less padding, so faster on CPUs when lengths vary (long rehearsal answers beside short
     task answers); batches are less mixed."""
+    distill_tasks: tuple[str, ...] = ()
+    """Tasks whose rows teach the base model's next-token distributions rather than their
+    target text: the loss on their answer tokens is KL(base || policy), the base being the
+    model with its adapters off (`stages/sft_distill.py`). For rehearsal rows (the base's
+    own answers, task `rehearsal`); other rows keep the cross-entropy."""
 
     def __post_init__(self) -> None:
         check_bounds(self)

@@ -74,13 +74,19 @@ def setup(config: SFTStageConfig) -> SFTSession:
     from trl import SFTConfig, SFTTrainer
 
     inputs = stage_run.load_inputs(config, STAGE, ["messages"], _check_rows)
+    rows, trainer_class = inputs.rows, SFTTrainer
+    if config.distill_tasks:
+        from stages import sft_distill
+
+        rows = sft_distill.flag_rows(rows, config.distill_tasks)
+        trainer_class = sft_distill.DistillingSFTTrainer
     if has_generation_blocks(inputs.tokenizer):
         loss_mode = "assistant_only"
-        dataset = training_data.to_dataset(inputs.rows)
+        dataset = training_data.to_dataset(rows)
     else:
         loss_mode = "completion_only"
         log.info("the chat template has no generation blocks: training on the last turn")
-        dataset = training_data.to_dataset([to_prompt_completion(r) for r in inputs.rows])
+        dataset = training_data.to_dataset([to_prompt_completion(r) for r in rows])
     args = SFTConfig(
         **stage_run.training_kwargs(config, bf16=inputs.bf16),
         max_length=stage_run.capped_max_length(config.max_length, inputs.model),
@@ -89,7 +95,7 @@ def setup(config: SFTStageConfig) -> SFTSession:
         packing=False,
         train_sampling_strategy="group_by_length" if config.length_grouped else "random",
     )
-    run = stage_run.build_run(STAGE, config, inputs, SFTTrainer, args, dataset)
+    run = stage_run.build_run(STAGE, config, inputs, trainer_class, args, dataset)
     return SFTSession(run=run, loss_mode=loss_mode)
 
 

@@ -1,0 +1,96 @@
+"""Distilled rows in the SFT stage (`distill_tasks`): their flag reaches the loss, their loss
+is KL to the adapter-free model (zero where the policy is the base), and the other rows keep
+TRL's cross-entropy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stages import sft
+from stages.sft_distill import token_losses
+from tests.stages.test_stage_support import make_world, sft_config, sft_rows
+
+
+def rows_with_tasks(tasks: list[str]) -> list[dict[str, object]]:
+    return [{**row, "task": task} for row, task in zip(sft_rows(len(tasks)), tasks, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    half = ["add", "rehearsal"] * 8
+    return make_world(
+        tmp_path_factory.mktemp("distill-world"),
+        mixed=rows_with_tasks(half),
+        rehearsal=rows_with_tasks(["rehearsal"] * 16),
+    )
+
+
+def test_token_losses_are_cross_entropy_and_kl_per_row() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 7)
+    base = torch.randn(2, 5, 7)
+    labels = torch.tensor(
+        [[-100, -100, 1, 2, 3], [-100, 4, 5, -100, -100], [-100, -100, -100, 6, 0]]
+    )
+    distill = torch.tensor([False, True, True])
+    losses, mask = token_losses(logits, base, labels, distill)
+    assert mask.tolist() == (labels[:, 1:] != -100).tolist()
+    ce = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="none")
+    assert torch.allclose(losses[0], ce)
+    p, q = base[0, :-1].log_softmax(-1), logits[1, :-1].log_softmax(-1)
+    kl = (p.exp() * (p - q)).sum(-1) * mask[1]
+    assert torch.allclose(losses[1], kl)
+    # The same logits as the base's: no divergence at all.
+    same, _ = token_losses(logits[1:], logits[1:], labels[1:], torch.tensor([True, True]))
+    assert same.abs().max() < 1e-5
+
+
+def test_the_flag_reaches_the_batch(world: dict[str, Path], tmp_path: Path) -> None:
+    cfg = sft_config(world, tmp_path, train="mixed", distill_tasks=("rehearsal",))
+    session = sft.setup(cfg)
+    try:
+        trainer = session.run.trainer
+        flags = [batch["distill"] for batch in trainer.get_train_dataloader()]
+        assert all(f.dtype == torch.bool and f.shape == (4,) for f in flags)
+        assert len(flags) == 4 and int(sum(f.sum() for f in flags)) == 8  # half are rehearsal
+    finally:
+        sft.cleanup(session)
+
+
+def divergence_from_base(world: dict[str, Path], adapter: str, rows: list[dict]) -> float:
+    """Mean KL(base || base + adapter) over every token of the rows' chats."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(world["base"])
+    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(world["base"]), adapter)
+    with torch.no_grad():
+        policy = model(**batch).logits.log_softmax(-1)
+        with model.disable_adapter():
+            base = model(**batch).logits.log_softmax(-1)
+    kl = (base.exp() * (base - policy)).sum(-1)
+    return float(kl[batch["attention_mask"].bool()].mean())
+
+
+def test_distilled_rows_hold_the_policy_near_the_base(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """A fresh LoRA starts as the base, so distilled rows (KL to the base) barely move it,
+    while the same rows by cross-entropy (the arith answers, which the base does not know)
+    pull it away: measured as the divergence from the base on those chats."""
+    rows = rows_with_tasks(["rehearsal"] * 16)
+    cfg = sft_config(world, tmp_path / "kl", train="rehearsal", distill_tasks=("rehearsal",))
+    distilled = sft.run(cfg)
+    assert distilled.status == "completed" and distilled.steps == 4
+    assert distilled.loss_curve[0][1] < 1e-6  # the policy is the base at the first step
+    plain = sft.run(sft_config(world, tmp_path / "ce", train="rehearsal"))
+    assert plain.status == "completed" and plain.loss_curve[0][1] > 1.0
+    near = divergence_from_base(world, str(distilled.adapter_path), rows)
+    far = divergence_from_base(world, str(plain.adapter_path), rows)
+    assert near < far / 10, (near, far)
