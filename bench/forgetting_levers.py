@@ -3,8 +3,9 @@
 Three measurements on the real-model demo (`daemon/model_demo.py`), each printing its figures:
 
 - `cycle HOME [--traffic N] [--set KEY=VALUE ...] [--no-rehearsal]`: the demo's first
-  cycle alone (sum2 arrives; synthesis, SFT, gate) in a fresh HOME, with `[train.sft]` keys
-  overridden (values as JSON: `--set learning_rate=0.0003 --set length_grouped=true`) and
+  cycle alone (sum2 arrives; synthesis, SFT, gate) in a fresh HOME, with settings
+  overridden (values as JSON; a bare KEY is a `[train.sft]` key, a dotted one a path:
+  `--set learning_rate=0.0003 --set 'replay.rehearsal_prompts="/tmp/p.jsonl"'`) and
   the first cycle's traffic set to N logs (more logs carry more corrected answers, so more distinct
   task rows); `--no-rehearsal` turns replay and rehearsal off (the forgetting run). Prints
   the cycle's table row: sum2 and retention, production -> candidate.
@@ -46,7 +47,11 @@ def cycle(home: Path, traffic: int | None, overrides: list[str], rehearsal: bool
         demo.TRAFFIC["first"] = traffic
     for item in overrides:
         key, _, value = item.partition("=")
-        demo.SETTINGS["train"]["sft"][key] = json.loads(value)
+        *path, last = key.split(".") if "." in key else ["train", "sft", key]
+        table = demo.SETTINGS
+        for name in path:
+            table = table.setdefault(name, {})
+        table[last] = json.loads(value)
     started = time.monotonic()
 
     def say(message: str) -> None:

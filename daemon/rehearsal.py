@@ -5,11 +5,11 @@ on two-digit sums answers "677" to "What is the capital of France?"). Replaying 
 own earlier outputs on general prompts (Huang et al., 2024, "Mitigating Catastrophic
 Forgetting in Large Language Models with Self-Synthesized Rehearsal") holds it near what it
 was without any data of the user's. `ensure_rehearsal` asks the base model (no adapter) the
-prompts of `replay.rehearsal_prompts` once per base, greedily, keeps the answers that
-finished (end with a sentence mark; a cut-off answer would teach the model to stop
-mid-sentence), and adds them to the replay buffer as SFT rows of task `rehearsal` with
-source `rehearsal:<base>`. From then on every SFT dataset's replay sample, stratified by
-task, carries them. Held-out prompts of any task are left out.
+prompts of `replay.rehearsal_prompts` once per base, greedily, keeps each answer up to its
+last finished sentence (an answer cut off mid-sentence would teach the model to stop there;
+one with no finished sentence is dropped), and adds them to the replay buffer as SFT rows
+of task `rehearsal` with source `rehearsal:<base>`. From then on every SFT dataset's replay
+sample, stratified by task, carries them. Held-out prompts of any task are left out.
 
 It does not decide the replay ratio (`[replay] ratio`), train, or gate anything.
 """
@@ -85,6 +85,16 @@ def finished(text: str) -> bool:
     return text.rstrip().endswith(FINISHED_MARKS)
 
 
+def whole_sentences(text: str) -> str | None:
+    """The answer up to its last finished sentence: all of it when it `finished`; else cut
+    after the last sentence mark that a space follows; None when no sentence finished."""
+    text = text.strip()
+    if finished(text):
+        return text
+    ends = [i for i, ch in enumerate(text[:-1]) if ch in FINISHED_MARKS and text[i + 1] == " "]
+    return text[: ends[-1] + 1] if ends else None
+
+
 def source_label(settings: Settings) -> str:
     return f"rehearsal:{settings.model.base or 'world'}"
 
@@ -116,23 +126,27 @@ def ensure_rehearsal(
         answers = backend.generate(prompts, params, adapter=None)
     finally:
         backend.close()
+    kept = [
+        (prompt, answer)
+        for prompt, texts in zip(prompts, answers, strict=True)
+        if texts and (answer := whole_sentences(texts[0]))
+    ]
     items = [
         NewReplayItem(
             "sft",
             TASK,
             {
-                "messages": [*prompt, {"role": "assistant", "content": texts[0].strip()}],
+                "messages": [*prompt, {"role": "assistant", "content": answer}],
                 "task": TASK,
                 "origin": "rehearsal",
             },
             source=source,
         )
-        for prompt, texts in zip(prompts, answers, strict=True)
-        if texts and finished(texts[0])
+        for prompt, answer in kept
     ]
     added, _evicted = remember(engine, settings, items)
     say(
-        f"  rehearsal: the base answered {len(prompts)} general prompts; {added} finished "
-        f"answers joined the replay buffer ({source})"
+        f"  rehearsal: the base answered {len(prompts)} general prompts; {added} answers, "
+        f"each cut to its last finished sentence, joined the replay buffer ({source})"
     )
     return RehearsalResult(len(prompts), added, source)

@@ -1,4 +1,5 @@
-"""Self-synthesized rehearsal: the base's finished answers join the replay buffer once."""
+"""Self-synthesized rehearsal: the base's answers, cut to whole sentences, join the replay
+buffer once."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from daemon.home import Home, HomeError
 from daemon.rehearsal import SHIPPED, ensure_rehearsal, read_prompts
 from daemon.settings import Settings
 from judges.tasks import prompt_key
 from replay.buffer import counts
+from replay.db import session_scope
+from replay.models import ReplayItem
 from stages.generate.api import AdapterRef, Chat, SamplingParams
 
 
@@ -43,7 +46,7 @@ def _write(path: Path, prompts: list[str]) -> None:
 
 def test_finished_answers_join_replay_once(db_engine: Engine, tmp_path: Path) -> None:
     home = Home(tmp_path)
-    _write(tmp_path / "general.jsonl", ["Describe a cat.", "Say hi.", "Held out?"])
+    _write(tmp_path / "general.jsonl", ["Describe a cat.", "Say hi.", "A dog?", "Held out?"])
     settings = Settings.model_validate(
         {"replay": {"rehearsal_prompts": "general.jsonl", "rehearsal_max_new_tokens": 20}}
     )
@@ -51,6 +54,7 @@ def test_finished_answers_join_replay_once(db_engine: Engine, tmp_path: Path) ->
         {
             "Describe a cat.": "A cat is a small pet.",
             "Say hi.": "Hi there, how are",
+            "A dog?": "A dog is a pet. It likes to run ar",
             "Held out?": "x.",
         }
     )
@@ -58,16 +62,21 @@ def test_finished_answers_join_replay_once(db_engine: Engine, tmp_path: Path) ->
     result = ensure_rehearsal(
         db_engine, home, settings, lambda: backend, heldout, say=lambda _: None
     )
-    assert result is not None and (result.asked, result.kept) == (2, 1)
+    assert result is not None and (result.asked, result.kept) == (3, 2)
     assert backend.closed and {a for _, a, _ in backend.asked} == {None}
     assert {p.temperature for _, _, p in backend.asked} == {0.0}
     assert {p.max_new_tokens for _, _, p in backend.asked} == {20}
-    assert counts(db_engine, "sft") == {"sft": {"rehearsal": 1}}
+    assert counts(db_engine, "sft") == {"sft": {"rehearsal": 2}}
+    with session_scope(db_engine) as s:
+        payloads = s.execute(select(ReplayItem.payload)).scalars().all()
+    # Cut off mid-sentence: kept up to its last finished sentence; none finished: left out.
+    answers = {p["messages"][-1]["content"] for p in payloads}
+    assert answers == {"A cat is a small pet.", "A dog is a pet."}
     # A second call (a later cycle) asks nothing and adds nothing.
     again = Scripted({})
     result = ensure_rehearsal(db_engine, home, settings, lambda: again, heldout, say=lambda _: None)
     assert result is not None and result.kept == 0 and again.asked == []
-    assert counts(db_engine, "sft") == {"sft": {"rehearsal": 1}}
+    assert counts(db_engine, "sft") == {"sft": {"rehearsal": 2}}
 
 
 def test_off_by_default_and_bad_lines_are_named(db_engine: Engine, tmp_path: Path) -> None:
