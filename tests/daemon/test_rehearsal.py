@@ -93,4 +93,4 @@ def test_shipped_prompts_are_not_retention_questions() -> None:
 
     shipped = {prompt_key(p) for p in read_prompts(SHIPPED)}
     asked = {prompt_key([{"role": "user", "content": q.prompt}]) for q in general_questions()}
-    assert len(shipped) == 220 and not shipped & asked
+    assert len(shipped) == 272 and not shipped & asked
