@@ -23,7 +23,9 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy import Engine, func, select
 
 from daemon.curriculum import Stage
+from daemon.rehearsal import TASK as REHEARSAL
 from judges.tasks import prompt_key
+from replay.buffer import counts
 from replay.db import session_scope
 from replay.models import Judgment, PreferencePair, Sample, SFTExample, SynthRun
 from replay.sampling import sample
@@ -219,16 +221,30 @@ def assemble(
     marks: Watermarks,
     heldout: frozenset[str] = frozenset(),
     grader_of: Callable[[str | None], str | None] | None = None,
+    rehearsal_share: float = 0.0,
 ) -> AssembledDataset:
     """Mix `fresh` with a stratified replay sample and write `train.jsonl` + `manifest.json`.
 
     Rows whose prompt is a held-out item of some task (`heldout`, by `prompt_key`) are left
     out, fresh or replayed, and counted; RL rows get the `grader` column their task names
-    (`grader_of(task)`), which the RL stage's reward reads."""
+    (`grader_of(task)`), which the RL stage's reward reads. With `rehearsal_share` > 0 an
+    SFT dataset's rehearsal rows (task `REHEARSAL`) are not part of the stratified sample:
+    they are drawn on top of it, to make that share of the whole dataset, so rehearsal keeps
+    its weight however many tasks the replay is spread over."""
     kind = STAGE_KIND[stage]
     fresh, dropped = _without_heldout(fresh, heldout, lambda r: r.row)
     k = replay_count(len(fresh), ratio)
-    replayed = sample(engine, kind, k, policy="stratified", seed=seed) if k else []
+    if rehearsal_share > 0 and kind == "sft":
+        others = [t for t in counts(engine, kind).get(kind, {}) if t != REHEARSAL]
+        replayed = (
+            sample(engine, kind, k, policy="stratified", seed=seed, tasks=others)
+            if k and others
+            else []
+        )
+        r = replay_count(len(fresh) + len(replayed), rehearsal_share)
+        replayed += sample(engine, kind, r, seed=seed, tasks=[REHEARSAL]) if r else []
+    else:
+        replayed = sample(engine, kind, k, policy="stratified", seed=seed) if k else []
     replayed, dropped_replay = _without_heldout(replayed, heldout, lambda r: r.payload)
     entries = [(r.row, "fresh", r.ref, r.task) for r in fresh]
     entries += [(r.payload, "replay", f"replay_items:{r.id}", r.task) for r in replayed]

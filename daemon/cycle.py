@@ -193,6 +193,7 @@ def _assemble(ctx: _Ctx, cycle: Cycle) -> StepOutcome:
         ctx.folder(cycle) / "data",
         rows,
         ratio=ctx.settings.replay.ratio,
+        rehearsal_share=ctx.settings.replay.rehearsal_share,
         seed=cycle.seed,
         marks=marks_now,
         heldout=heldout_keys(tasks.values()),

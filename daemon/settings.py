@@ -89,6 +89,17 @@ class ReplaySettings(BaseModel):
             "Share of each stage's dataset sampled (stratified by task) from earlier training data."
         ),
     )
+    rehearsal_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "Share of each SFT dataset that is rehearsal rows (rehearsal_prompts), drawn on "
+            "top of the replay sample, which then leaves them out: rehearsal keeps its weight "
+            "however many tasks the replay is spread over. 0: rehearsal rows are replayed "
+            "like any task's."
+        ),
+    )
     capacity: int = Field(
         200_000,
         gt=0,
@@ -101,15 +112,19 @@ class ReplaySettings(BaseModel):
     rehearsal_prompts: str = Field(
         "",
         description=(
-            "General prompts the base model (no adapter) answers once, greedily; its finished "
-            "answers join the replay buffer as SFT rows of task 'rehearsal' (self-synthesized "
-            "rehearsal), so that every SFT stage replays what the model said before tutord "
-            'touched it. A JSONL file of {"prompt": ...} lines (relative to the home), '
-            "'shipped' for tutord's own 220 prompts, or empty: off."
+            "General prompts the base model (no adapter) answers once, greedily; its answers, "
+            "cut to their last finished sentence, join the replay buffer as SFT rows of task "
+            "'rehearsal' (self-synthesized rehearsal), so that every SFT stage replays what "
+            "the model said before tutord touched it. "
+            'A JSONL file of {"prompt": ...} lines (relative to the home), '
+            "'shipped' for tutord's own 272 prompts, or empty: off."
         ),
     )
     rehearsal_max_new_tokens: int = Field(
-        48, gt=0, le=512, description="Longest rehearsal answer; unfinished ones are dropped."
+        48,
+        gt=0,
+        le=512,
+        description="Longest rehearsal answer; a cut-off one keeps its finished sentences.",
     )
 
 

@@ -62,6 +62,36 @@ def test_ratio_and_stratification_hold(db_engine: Engine, tmp_path: Path) -> Non
     assert none.replay == 0
 
 
+def test_rehearsal_share_holds_however_many_tasks_are_replayed(
+    db_engine: Engine, tmp_path: Path
+) -> None:
+    add_items(db_engine, [NewReplayItem("sft", "rehearsal", {"i": i}) for i in range(500)])
+    fresh = [sft_row(i, "div") for i in range(120)]
+
+    def build(folder: str, share: float) -> dict[str, int]:
+        ds = assemble(
+            db_engine,
+            "sft",
+            tmp_path / folder,
+            fresh,
+            ratio=0.5,
+            seed=1,
+            marks=Watermarks(),
+            rehearsal_share=share,
+        )
+        assert ds.by_task["div"] == {"fresh": 120}
+        return {t: c["replay"] for t, c in ds.by_task.items() if "replay" in c}
+
+    # A first cycle (nothing else to replay): rehearsal alone, half the dataset either way.
+    assert build("first", 0.5) == build("first-plain", 0.0) == {"rehearsal": 120}
+    for task in ("add", "sub", "mul"):
+        add_items(db_engine, [NewReplayItem("sft", task, {"t": task, "i": i}) for i in range(100)])
+    # Stratified with three more tasks, rehearsal gets a quarter of the replay: 30 of 360 rows.
+    assert build("plain", 0.0) == {"add": 30, "sub": 30, "mul": 30, "rehearsal": 30}
+    # With its own share it is still half the dataset, on top of the other tasks' replay.
+    assert build("share", 0.5) == {"add": 40, "sub": 40, "mul": 40, "rehearsal": 240}
+
+
 def test_fresh_rows_from_the_database_respect_watermarks(db_engine: Engine) -> None:
     with session_scope(db_engine) as s:
         run = SynthRun(adapter="base", seed=0, config={})
