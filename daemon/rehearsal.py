@@ -8,8 +8,10 @@ was without any data of the user's. `ensure_rehearsal` asks the base model (no a
 prompts of `replay.rehearsal_prompts` once per base, greedily, keeps each answer up to its
 last finished sentence (an answer cut off mid-sentence would teach the model to stop there;
 one with no finished sentence is dropped), and adds them to the replay buffer as SFT rows
-of task `rehearsal` with source `rehearsal:<base>`. From then on every SFT dataset's replay
-sample, stratified by task, carries them. Held-out prompts of any task are left out.
+of task `rehearsal` with source `rehearsal:<base>`. From then on every SFT dataset carries
+them: as one task of its stratified replay sample, or as a share of their own with
+`[replay] rehearsal_share` (`daemon/assemble.py`). Held-out prompts of any task are left
+out.
 
 It does not decide the replay ratio (`[replay] ratio`), train, or gate anything.
 """

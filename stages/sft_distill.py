@@ -47,7 +47,7 @@ def with_flags(collator: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> Ca
 
 def token_losses(
     logits: torch.Tensor,
-    base_logits: torch.Tensor | None,
+    base_logits: torch.Tensor,
     labels: torch.Tensor,
     distill: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,11 +58,8 @@ def token_losses(
     mask = targets != -100
     log_probs = logits[:, :-1].float().log_softmax(-1)
     losses = -log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    if base_logits is not None:
-        base_log_probs = base_logits[:, :-1].float().log_softmax(-1)
-        kl = (base_log_probs.exp() * (base_log_probs - log_probs[distill])).sum(-1)
-        losses = losses.clone()
-        losses[distill] = kl
+    base_log_probs = base_logits[:, :-1].float().log_softmax(-1)
+    losses[distill] = (base_log_probs.exp() * (base_log_probs - log_probs[distill])).sum(-1)
     return losses * mask, mask
 
 
