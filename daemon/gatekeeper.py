@@ -9,6 +9,7 @@ stores both evaluations and the decision in one transaction. The statistics are 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -20,17 +21,24 @@ from daemon.settings import Settings
 from daemon.tasks import live_tasks
 from evals.cache import EvalCache
 from evals.evaluation import EvalSettings, Evaluation
-from evals.gate import GateResult, GateRules, gate
+from evals.gate import GateResult, GateRules, anchored, gate
 from evals.run import evaluate
 from evals.tasks import SuiteSpec, write_suite
 from replay.db import session_scope
 from stages import registry
 
 
-def suite(engine: Engine, home: Home, settings: Settings) -> SuiteSpec:
+def suite(
+    engine: Engine, home: Home, settings: Settings, only: Sequence[str] | None = None
+) -> SuiteSpec:
     """The regression suite: held-out items of every live task, and the user's own lm-eval
-    tasks (`gate.include_paths` / `gate.extra_tasks`, and each task's `lm_eval` folder)."""
+    tasks (`gate.include_paths` / `gate.extra_tasks`, and each task's `lm_eval` folder); or,
+    with `only`, the held-out items of those live tasks alone (the same items)."""
     tasks = list(live_tasks(engine, home, settings).values())
+    if only is not None:
+        tasks = [t for t in tasks if t.name in only and t.heldout()]
+        name = "-".join(t.name for t in tasks)
+        return write_suite(home.root / "evals" / "suites" / name, tasks, settings.gate.max_items)
     include = [Path(p) for p in settings.gate.include_paths]
     extra = list(settings.gate.extra_tasks)
     for task in tasks:
@@ -79,11 +87,23 @@ def evaluate_and_gate(engine: Engine, home: Home, settings: Settings, cycle: Cyc
         block_unseen=g.block_unseen,
     )
     result = gate(production, candidate, rules)
+    runs = [
+        ("production", production, cycle.parent_version),
+        ("candidate", candidate, cycle.candidate_version),
+    ]
+    if g.anchor_tasks:
+        in_suite = {t.task: t.name for t in spec.tasks if t.task}
+        found = [a for a in g.anchor_tasks if a in in_suite]
+        base = production
+        if cycle.parent_version is not None and found:
+            base = evaluate_policy(
+                engine, home, settings, None, suite(engine, home, settings, found)
+            )
+            runs.append(("base", base, None))
+        anchors = [in_suite.get(a, a) for a in g.anchor_tasks]  # one not found fails the gate
+        result = anchored(result, base, candidate, anchors)
     with session_scope(engine) as s:
-        for role, run, version in (
-            ("production", production, cycle.parent_version),
-            ("candidate", candidate, cycle.candidate_version),
-        ):
+        for role, run, version in runs:
             s.add(
                 EvalRun(
                     cycle_id=cycle.id,

@@ -289,6 +289,13 @@ class GateSettings(BaseModel):
             "(80% power at alpha) and it neither regressed nor gained: 'cannot tell'."
         ),
     )
+    anchor_tasks: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Tasks gated against the base model as well as production (the same rules), so "
+            "that losses within the tolerance cannot add up over promotions."
+        ),
+    )
     max_items: int | None = Field(
         600, ge=1, description="Held-out items per task (all of them when a task has fewer)."
     )

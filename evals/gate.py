@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
@@ -432,3 +432,28 @@ def gate(
         {name: t.items for name, t in candidate.tasks.items()},
         rules,
     )
+
+
+def anchored(
+    result: GateResult, base: Evaluation, candidate: Evaluation, tasks: Sequence[str]
+) -> GateResult:
+    """`result` (the candidate against production) held to the base model too on `tasks`
+    (suite task names): the same rules, no gain asked for, items paired by id (the base's
+    run may come from a suite of those tasks alone). A regression against the base, or a
+    "cannot tell", fails the candidate, so that losses within the tolerance cannot add up
+    over promotions. The per-task comparisons stay production's; the reason names the base."""
+    rules = replace(result.rules, tasks=tuple(tasks), target_tasks=(), require_gain=False)
+    against = compare(
+        {name: base.tasks[name].items for name in tasks if name in base.tasks},
+        {name: candidate.tasks[name].items for name in tasks if name in candidate.tasks},
+        rules,
+    )
+    if against.passed:
+        if not result.passed:
+            return result
+        reason = f"{result.reason[:-1]}; against the base model: {against.reason}"
+        return GateResult(True, reason, result.tasks, result.rules)
+    reason = f"against the base model: {against.reason}"
+    if not result.passed:
+        reason += f" Against production: {result.reason}"
+    return GateResult(False, reason, result.tasks, result.rules)

@@ -96,7 +96,27 @@ def setup(config: SFTStageConfig) -> SFTSession:
         train_sampling_strategy="group_by_length" if config.length_grouped else "random",
     )
     run = stage_run.build_run(STAGE, config, inputs, trainer_class, args, dataset)
+    run.trainer.data_collator = collator(run.trainer.data_collator, config)
     return SFTSession(run=run, loss_mode=loss_mode)
+
+
+def collator(padded: Any, config: SFTStageConfig) -> Any:
+    """The batch collator: TRL's padded one, or (`padding_free`) its padding-free twin, built
+    here rather than through `SFTConfig.padding_free`, which TRL refuses beside `max_length`
+    although its dataset preparation truncates either way; with `distill_tasks`, wrapped to
+    carry each token's flag."""
+    chosen = padded
+    if config.padding_free:
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        chosen = DataCollatorForLanguageModeling(
+            pad_token_id=padded.pad_token_id, padding_free=True
+        )
+    if config.distill_tasks:
+        from stages import sft_distill
+
+        chosen = sft_distill.with_flags(chosen)
+    return chosen
 
 
 def train(session: SFTSession) -> StageResult:

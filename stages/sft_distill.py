@@ -10,10 +10,11 @@ the row (the answer): KL(base || policy), with the base being the same model wit
 adapter switched off (`PeftModel.disable_adapter`), so no second model is loaded. The
 other rows keep TRL's cross-entropy; both are summed per loss token and divided by the
 batch's loss tokens, as TRL does for cross-entropy alone. The base's forward pass runs on
-the distilled rows only, without gradients.
+the distilled rows only (their tokens alone when the batch is padding-free), without
+gradients.
 
 A row's flag travels as a `distill` column: kept by the trainer's column filter and
-stacked into the batch by a wrapped collator. It does not choose rows or weights, and
+spread over the row's tokens by a wrapped collator. It does not choose rows or weights, and
 leaves TRL's loss untouched on batches without a distilled row.
 """
 
@@ -34,12 +35,22 @@ def flag_rows(rows: list[dict[str, Any]], tasks: Collection[str]) -> list[dict[s
 
 
 def with_flags(collator: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> Callable:
-    """`collator` that also stacks each example's `distill` flag into a bool tensor."""
+    """`collator` that also returns each token's `distill` flag (its example's), shaped like
+    the batch's `input_ids`: one row per example, or one row of every example end to end
+    when the collator is padding-free."""
 
     def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
         flags = [bool(e.get(COLUMN, False)) for e in examples]
         batch = collator([{k: v for k, v in e.items() if k != COLUMN} for e in examples])
-        batch[COLUMN] = torch.tensor(flags, dtype=torch.bool)
+        rows, width = batch["input_ids"].shape
+        if rows == len(examples):
+            per_token = torch.tensor(flags, dtype=torch.bool)[:, None].expand(rows, width)
+        else:  # padding-free: the examples one after another, then padding
+            lengths = torch.tensor([len(e["input_ids"]) for e in examples])
+            spread = torch.repeat_interleave(torch.tensor(flags, dtype=torch.bool), lengths)
+            per_token = torch.zeros(1, width, dtype=torch.bool)
+            per_token[0, : spread.numel()] = spread
+        batch[COLUMN] = per_token.contiguous()
         return batch
 
     return collate
@@ -52,23 +63,40 @@ def token_losses(
     distill: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token losses and their mask, aligned to next-token prediction: cross-entropy on
-    the target token for ordinary rows, KL(base || policy) for distilled rows (`base_logits`
-    holds the distilled rows' base logits, in order). Positions whose label is -100 count 0."""
+    the target token, or KL(base || policy) where the token is flagged in `distill` (shaped
+    like `labels`). `base_logits` holds the base's logits at the flagged tokens, in order
+    (any shape ending in the vocabulary). Positions whose label is -100 count 0."""
     targets = labels[:, 1:]
     mask = targets != -100
     log_probs = logits[:, :-1].float().log_softmax(-1)
     losses = -log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    base_log_probs = base_logits[:, :-1].float().log_softmax(-1)
-    losses[distill] = (base_log_probs.exp() * (base_log_probs - log_probs[distill])).sum(-1)
+    rows, positions = distill.nonzero(as_tuple=True)
+    inner = positions < labels.shape[1] - 1  # the last token predicts nothing
+    base = base_logits.reshape(-1, base_logits.shape[-1])[inner].float().log_softmax(-1)
+    rows, positions = rows[inner], positions[inner]
+    losses[rows, positions] = (base.exp() * (base - log_probs[rows, positions])).sum(-1)
     return losses * mask, mask
 
 
-class DistillingSFTTrainer(SFTTrainer):
-    """TRL's `SFTTrainer`, with rows flagged `distill` taught by KL to the adapter-free model."""
+def base_inputs(forward: dict[str, Any], distill: torch.Tensor) -> dict[str, Any]:
+    """The model inputs of the flagged tokens alone: their rows when the batch is padded,
+    their tokens (whole sequences, with their positions) when it is padding-free."""
+    if "attention_mask" in forward:
+        rows = distill.any(-1)
+        return {
+            k: (v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
+            for k, v in forward.items()
+        }
+    return {
+        "input_ids": forward["input_ids"][distill][None],
+        "position_ids": forward["position_ids"][distill][None],
+        "use_cache": False,
+    }
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.data_collator = with_flags(self.data_collator)
+
+class DistillingSFTTrainer(SFTTrainer):
+    """TRL's `SFTTrainer`, with rows flagged `distill` taught by KL to the adapter-free model.
+    Its data collator must be wrapped by `with_flags` (`stages.sft.setup` does it)."""
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -89,20 +117,22 @@ class DistillingSFTTrainer(SFTTrainer):
         forward = {k: v for k, v in inputs.items() if k != "labels"}
         forward["use_cache"] = False
         logits = model(**forward).logits
-        only = {
-            k: (v[distill] if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
-            for k, v in forward.items()
-        }
+        distill = distill.to(logits.device)
         with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
-            base_logits = model(**only).logits
-        losses, mask = token_losses(logits, base_logits, labels, distill.to(logits.device))
+            base_logits = model(**base_inputs(forward, distill)).logits
+        if "attention_mask" in forward:
+            base_logits = base_logits[distill[distill.any(-1)]]
+        losses, mask = token_losses(logits, base_logits, labels, distill)
         tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
         loss = losses.sum() / torch.as_tensor(tokens).clamp(min=1)
         mode = "train" if self.model.training else "eval"
-        if mode == "train" and "attention_mask" in inputs:
-            self._total_train_tokens += int(inputs["attention_mask"].sum())
+        if mode == "train":
+            padding = inputs.get("attention_mask")
+            counted = inputs["input_ids"].numel() if padding is None else padding.sum()
+            self._total_train_tokens += int(counted)
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         with torch.no_grad():
-            kl_tokens = mask[distill].sum().clamp(min=1)
-            self._metrics[mode]["distill_kl"].append((losses[distill].sum() / kl_tokens).item())
+            flagged = distill[:, :-1]
+            kl_tokens = mask[flagged].sum().clamp(min=1)
+            self._metrics[mode]["distill_kl"].append((losses[flagged].sum() / kl_tokens).item())
         return loss

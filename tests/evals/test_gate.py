@@ -228,3 +228,39 @@ def test_the_gate_says_what_it_cannot_see() -> None:
     seen = compare({"add": big}, {"add": dict(big)}, GateRules(tolerance=0.05))
     assert seen.passed and not seen.task("add").cannot_tell
     assert seen.task("add").detectable_drop < 0.05
+
+
+def test_anchored_tasks_cannot_lose_more_than_the_tolerance_over_promotions() -> None:
+    """Production already lost 12 of 400 retention items the base had; a candidate that
+    loses 14 more is within the tolerance against production (-0.035) but not against the
+    base (-0.065): the anchor refuses it, naming the base. One that loses 2 more passes."""
+    from evals.gate import anchored
+
+    n = 400
+    base_items = production_items("retention", n, n=n)
+    prod_items = flip(base_items, lose=12, win=0, seed=1)
+    rules = GateRules(tolerance=0.05)
+    for more, passes in ((14, False), (2, True)):
+        lost = [k for k, v in prod_items.items() if v == 1.0][:more]
+        cand_items = {**prod_items, **dict.fromkeys(lost, 0.0)}
+        production, candidate = runs({"retention": prod_items}, {"retention": cand_items})
+        base, _ = runs({"retention": base_items}, {}, suite="a" * 64)  # another suite's run
+        result = gate(production, candidate, rules)
+        assert not result.regressions  # within the tolerance against production
+        held = anchored(result, base, candidate, ["retention"])
+        assert result.passed and held.passed is passes
+        assert "against the base model" in held.reason
+        assert held.tasks == result.tasks  # the comparisons stay production's
+        if not passes:
+            assert held.reason.startswith("against the base model: regression on retention")
+            assert "1.000 -> 0.935" in held.reason
+
+
+def test_an_anchor_task_the_runs_lack_fails_the_gate() -> None:
+    from evals.gate import anchored
+
+    production, candidate = runs(
+        {"add": production_items("add", 120)}, {"add": production_items("add", 120)}
+    )
+    held = anchored(gate(production, candidate), production, candidate, ["retention"])
+    assert not held.passed and "retention (no production results)" in held.reason

@@ -168,3 +168,17 @@ def test_lm_eval_loads_the_tasks(tmp_path: Path, user_tasks_dir: Path) -> None:
     assert add.config.generation_kwargs["max_gen_toks"] == 16
     assert add.doc_to_text(docs[0]) == docs[0]["prompt"]
     assert add.doc_to_target(docs[0]) == docs[0]["reference"]
+
+
+def test_a_task_has_the_same_items_alone_as_beside_others(tmp_path: Path) -> None:
+    """The base's run on a suite of the anchored tasks alone pairs with a candidate's run on
+    the whole suite (`gate.anchor_tasks`): the same items, under the same ids."""
+
+    def ids(spec_root: Path, name: str) -> list[str]:
+        lines = (spec_root / f"tutord_{name}.jsonl").read_text(encoding="utf-8").splitlines()
+        return [json.loads(line)["id"] for line in lines]
+
+    whole = write_suite(tmp_path / "whole", arith("add", "sub"), 10, seed=0)
+    alone = write_suite(tmp_path / "alone", arith("sub"), 10, seed=0)
+    assert alone.hash != whole.hash
+    assert ids(alone.root, "sub") == ids(whole.root, "sub") and len(ids(alone.root, "sub")) == 10

@@ -29,14 +29,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
 
 
-def test_token_losses_are_cross_entropy_and_kl_per_row() -> None:
+def test_token_losses_are_cross_entropy_and_kl_per_flagged_token() -> None:
     torch.manual_seed(0)
     logits = torch.randn(3, 5, 7)
     base = torch.randn(2, 5, 7)
     labels = torch.tensor(
         [[-100, -100, 1, 2, 3], [-100, 4, 5, -100, -100], [-100, -100, -100, 6, 0]]
     )
-    distill = torch.tensor([False, True, True])
+    distill = torch.tensor([False, True, True])[:, None].expand(3, 5)
     losses, mask = token_losses(logits, base, labels, distill)
     assert mask.tolist() == (labels[:, 1:] != -100).tolist()
     ce = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="none")
@@ -45,8 +45,15 @@ def test_token_losses_are_cross_entropy_and_kl_per_row() -> None:
     kl = (p.exp() * (p - q)).sum(-1) * mask[1]
     assert torch.allclose(losses[1], kl)
     # The same logits as the base's: no divergence at all.
-    same, _ = token_losses(logits[1:], logits[1:], labels[1:], torch.tensor([True, True]))
+    same, _ = token_losses(logits[1:], logits[1:], labels[1:], distill[1:])
     assert same.abs().max() < 1e-5
+    # Padding-free: one row of chats end to end, the base's logits only at flagged tokens.
+    packed = logits[:1]
+    flags = torch.tensor([[False, False, True, True, True]])
+    losses, _ = token_losses(packed, packed[0, 2:], labels[:1], flags)
+    ce = F.cross_entropy(packed[0, :2], labels[0, 1:3], ignore_index=-100, reduction="none")
+    assert torch.allclose(losses[0, :2], ce * (labels[0, 1:3] != -100))
+    assert losses[0, 2:].abs().max() < 1e-5
 
 
 def test_the_flag_reaches_the_batch(world: dict[str, Path], tmp_path: Path) -> None:
@@ -54,9 +61,15 @@ def test_the_flag_reaches_the_batch(world: dict[str, Path], tmp_path: Path) -> N
     session = sft.setup(cfg)
     try:
         trainer = session.run.trainer
-        flags = [batch["distill"] for batch in trainer.get_train_dataloader()]
-        assert all(f.dtype == torch.bool and f.shape == (4,) for f in flags)
-        assert len(flags) == 4 and int(sum(f.sum() for f in flags)) == 8  # half are rehearsal
+        batches = list(trainer.get_train_dataloader())
+        flags = [batch["distill"] for batch in batches]
+        shapes = [b["input_ids"].shape for b in batches]
+        assert all(
+            f.dtype == torch.bool and f.shape == shape
+            for f, shape in zip(flags, shapes, strict=True)
+        )
+        assert all((f == f[:, :1]).all() for f in flags)  # a row's tokens share its flag
+        assert len(flags) == 4 and int(sum(f[:, 0].sum() for f in flags)) == 8  # half rehearsal
     finally:
         sft.cleanup(session)
 
@@ -94,3 +107,39 @@ def test_distilled_rows_hold_the_policy_near_the_base(
     near = divergence_from_base(world, str(distilled.adapter_path), rows)
     far = divergence_from_base(world, str(plain.adapter_path), rows)
     assert near < far / 10, (near, far)
+
+
+def test_padding_free_batches_give_the_padded_loss(world: dict[str, Path], tmp_path: Path) -> None:
+    """The same chats end to end (padding-free) or padded: the same flags per token and the
+    same loss, cross-entropy and KL alike."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from stages.sft_distill import with_flags
+
+    cfg = sft_config(
+        world, tmp_path, train="mixed", distill_tasks=("rehearsal",), padding_free=True
+    )
+    session = sft.setup(cfg)
+    try:
+        trainer = session.run.trainer
+        examples = [trainer.train_dataset[i] for i in range(4)]
+        packed = trainer.data_collator(examples)
+        lengths = [len(e["input_ids"]) for e in examples]
+        assert packed["input_ids"].shape == (1, sum(lengths))
+        expected = [bool(e["distill"]) for e in examples for _ in range(e["input_ids"].__len__())]
+        assert packed["distill"][0].tolist() == expected and any(expected) and not all(expected)
+        pad_id = trainer.processing_class.pad_token_id
+        padded = with_flags(DataCollatorForLanguageModeling(pad_token_id=pad_id))(examples)
+        # Move the policy off the base, so that the KL is not zero.
+        with torch.no_grad():
+            for name, param in trainer.model.named_parameters():
+                if "lora_B" in name:
+                    param.add_(0.05 * torch.randn_like(param))
+        trainer.model.eval()
+        with torch.no_grad():
+            loss_packed = trainer.compute_loss(trainer.model, packed)
+            loss_padded = trainer.compute_loss(trainer.model, padded)
+        assert float(loss_padded) > 0
+        assert torch.allclose(loss_packed, loss_padded, rtol=1e-4, atol=1e-5)
+    finally:
+        sft.cleanup(session)
