@@ -42,7 +42,7 @@ def library_version(distribution: str) -> str | None:
 
 
 def settings_hash(settings: EvalSettings, backend: Backend) -> str:
-    """sha256 of the settings, the backend, the resolved device and the versions of the
+    """sha256 of the settings, the backend, the resolved device and dtype, the versions of the
     libraries that produce the numbers (lm-eval, transformers, peft, torch, vLLM)."""
     libraries = ["lm_eval", "transformers", "peft", "torch"]
     if backend == "vllm":
@@ -52,6 +52,7 @@ def settings_hash(settings: EvalSettings, backend: Backend) -> str:
         "backend": backend,
         "settings": settings.to_dict(),
         "device": settings.device or ("cuda" if on_gpu() else "cpu"),
+        "dtype": settings.resolved_dtype(on_gpu()),
         "versions": {name: library_version(name) for name in libraries},
     }
     canonical = json.dumps(description, sort_keys=True, separators=(",", ":"), default=str)

@@ -61,14 +61,12 @@ def model_args(
     gpu = on_gpu()
     if backend == "hf":
         args["device"] = settings.device or ("cuda" if gpu else "cpu")
-        args["dtype"] = settings.dtype
+        args["dtype"] = settings.resolved_dtype(gpu)
         args["batch_size"] = settings.batch_size
         if adapter is not None:
             args["peft"] = str(adapter.path)
     elif backend == "vllm":
-        args["dtype"] = (
-            settings.dtype if settings.dtype != "auto" or gpu else "float32"
-        )  # vLLM on a CPU wants float32
+        args["dtype"] = settings.resolved_dtype(gpu)  # vLLM on a CPU wants float32
         args["batch_size"] = settings.batch_size
         args["seed"] = settings.seed
         args["gpu_memory_utilization"] = settings.gpu_memory_utilization or (0.9 if gpu else 0.1)

@@ -114,6 +114,19 @@ def test_model_args_per_backend(tmp_path: Path) -> None:
         model_args("/m", None, "sglang", settings)  # type: ignore[arg-type]
 
 
+def test_auto_dtype_is_float32_on_a_cpu_and_keys_the_cache() -> None:
+    """A bfloat16 checkpoint is evaluated in float32 on a CPU (several times faster where
+    the CPU has no bfloat16 units), the checkpoint's own dtype on a GPU."""
+    on_cpu, on_gpu = EvalSettings(device="cpu"), EvalSettings(device="cuda")
+    assert model_args("/m", None, "hf", on_cpu)["dtype"] == "float32"
+    assert model_args("/m", None, "hf", on_gpu)["dtype"] == "auto"
+    assert model_args("/m", None, "vllm", on_cpu)["dtype"] == "float32"
+    assert (
+        model_args("/m", None, "hf", EvalSettings(device="cpu", dtype="bfloat16"))["dtype"]
+        == "bfloat16"
+    )
+
+
 def test_adapter_hash_is_content(tmp_path: Path) -> None:
     a = AdapterRef("a", fake_adapter(tmp_path / "a", b"weights"))
     same = AdapterRef("b", fake_adapter(tmp_path / "b", b"weights"))
