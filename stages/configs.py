@@ -213,8 +213,10 @@ class SFTStageConfig:
     task answers); batches are less mixed."""
     padding_free: bool = False
     """Put each batch's chats end to end in one sequence instead of padding them to the
-    longest (TRL's `padding_free`; attention stays within each chat by its positions). The
-    same batches with fewer tokens: faster on CPUs when lengths vary."""
+    longest (TRL's padding-free collator; attention stays within each chat by its
+    positions). The same batches and loss with fewer tokens, but no faster on 2 CPU cores
+    (attention over the joined sequence costs what the padding saved); meant for GPUs with
+    variable-length attention kernels."""
     distill_tasks: tuple[str, ...] = ()
     """Tasks whose rows teach the base model's next-token distributions rather than their
     target text: the loss on their answer tokens is KL(base || policy), the base being the

@@ -79,8 +79,10 @@ def token_losses(
 
 
 def base_inputs(forward: dict[str, Any], distill: torch.Tensor) -> dict[str, Any]:
-    """The model inputs of the flagged tokens alone: their rows when the batch is padded,
-    their tokens (whole sequences, with their positions) when it is padding-free."""
+    """The model inputs of the flagged tokens alone: their rows when the batch is padded
+    (every token of a flagged row is flagged, so the rows' logits are already in the flagged
+    tokens' order), their tokens (whole sequences, with their positions) when it is
+    padding-free."""
     if "attention_mask" in forward:
         rows = distill.any(-1)
         return {
@@ -120,8 +122,6 @@ class DistillingSFTTrainer(SFTTrainer):
         distill = distill.to(logits.device)
         with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
             base_logits = model(**base_inputs(forward, distill)).logits
-        if "attention_mask" in forward:
-            base_logits = base_logits[distill[distill.any(-1)]]
         losses, mask = token_losses(logits, base_logits, labels, distill)
         tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
         loss = losses.sum() / torch.as_tensor(tokens).clamp(min=1)
