@@ -56,43 +56,56 @@ def with_flags(collator: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> Ca
     return collate
 
 
+def loss_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The sequence positions whose next token is a loss target in any row of `labels`,
+    ascending: where the logits are needed (`logits_to_keep`), as TRL's fused head computes
+    them for cross-entropy alone."""
+    return (labels[:, 1:] != -100).any(0).nonzero().squeeze(-1)
+
+
 def token_losses(
     logits: torch.Tensor,
     base_logits: torch.Tensor,
     labels: torch.Tensor,
     distill: torch.Tensor,
+    keep: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token losses and their mask, aligned to next-token prediction: cross-entropy on
-    the target token, or KL(base || policy) where the token is flagged in `distill` (shaped
-    like `labels`). `base_logits` holds the base's logits at the flagged tokens, in order
-    (any shape ending in the vocabulary). Positions whose label is -100 count 0."""
-    targets = labels[:, 1:]
+    """Per-token losses and their mask at the positions `keep` (`loss_positions`), whose
+    logits `logits` holds (rows x positions x vocabulary): cross-entropy on the next token,
+    or KL(base || policy) where the position is flagged in `distill` (shaped like `labels`).
+    `base_logits` holds the base's logits at the flagged kept positions, in order (any shape
+    ending in the vocabulary). Positions whose next label is -100 count 0."""
+    targets = labels[:, 1:][:, keep]
     mask = targets != -100
-    log_probs = logits[:, :-1].float().log_softmax(-1)
+    log_probs = logits.float().log_softmax(-1)
     losses = -log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    rows, positions = distill.nonzero(as_tuple=True)
-    inner = positions < labels.shape[1] - 1  # the last token predicts nothing
-    base = base_logits.reshape(-1, base_logits.shape[-1])[inner].float().log_softmax(-1)
-    rows, positions = rows[inner], positions[inner]
+    rows, positions = distill[:, :-1][:, keep].nonzero(as_tuple=True)
+    base = base_logits.reshape(-1, base_logits.shape[-1]).float().log_softmax(-1)
     losses[rows, positions] = (base.exp() * (base - log_probs[rows, positions])).sum(-1)
     return losses * mask, mask
 
 
-def base_inputs(forward: dict[str, Any], distill: torch.Tensor) -> dict[str, Any]:
-    """The model inputs of the flagged tokens alone: their rows when the batch is padded
-    (every token of a flagged row is flagged, so the rows' logits are already in the flagged
-    tokens' order), their tokens (whole sequences, with their positions) when it is
-    padding-free."""
+def base_inputs(
+    forward: dict[str, Any], distill: torch.Tensor, keep: torch.Tensor
+) -> dict[str, Any]:
+    """The model inputs of the flagged tokens alone, with the kept positions among them as
+    `logits_to_keep`: their rows when the batch is padded (every token of a flagged row is
+    flagged, so the rows' logits at `keep` are already in the flagged positions' order),
+    their tokens (whole sequences, with their positions) when it is padding-free."""
     if "attention_mask" in forward:
         rows = distill.any(-1)
-        return {
+        chosen = {
             k: (v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v)
             for k, v in forward.items()
         }
+        return {**chosen, "logits_to_keep": keep}
+    flagged = distill[0]
+    index = flagged.cumsum(0) - 1  # a flagged token's place among the flagged tokens
     return {
         "input_ids": forward["input_ids"][distill][None],
         "position_ids": forward["position_ids"][distill][None],
         "use_cache": False,
+        "logits_to_keep": index[keep[flagged[keep]]],
     }
 
 
@@ -118,11 +131,12 @@ class DistillingSFTTrainer(SFTTrainer):
         labels = inputs["labels"]
         forward = {k: v for k, v in inputs.items() if k != "labels"}
         forward["use_cache"] = False
-        logits = model(**forward).logits
+        keep = loss_positions(labels)
+        logits = model(**forward, logits_to_keep=keep).logits
         distill = distill.to(logits.device)
         with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
-            base_logits = model(**base_inputs(forward, distill)).logits
-        losses, mask = token_losses(logits, base_logits, labels, distill)
+            base_logits = model(**base_inputs(forward, distill, keep)).logits
+        losses, mask = token_losses(logits, base_logits, labels, distill, keep)
         tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
         loss = losses.sum() / torch.as_tensor(tokens).clamp(min=1)
         mode = "train" if self.model.training else "eval"
@@ -132,7 +146,7 @@ class DistillingSFTTrainer(SFTTrainer):
             self._total_train_tokens += int(counted)
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         with torch.no_grad():
-            flagged = distill[:, :-1]
+            flagged = distill[:, :-1][:, keep]
             kl_tokens = mask[flagged].sum().clamp(min=1)
             self._metrics[mode]["distill_kl"].append((losses[flagged].sum() / kl_tokens).item())
         return loss

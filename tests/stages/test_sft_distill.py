@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from stages import sft
-from stages.sft_distill import token_losses
+from stages.sft_distill import loss_positions, token_losses
 from tests.stages.test_stage_support import make_world, sft_config, sft_rows
 
 
@@ -31,29 +31,37 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_token_losses_are_cross_entropy_and_kl_per_flagged_token() -> None:
     torch.manual_seed(0)
-    logits = torch.randn(3, 5, 7)
-    base = torch.randn(2, 5, 7)
+    logits = torch.randn(3, 6, 7)
+    base = torch.randn(2, 6, 7)
     labels = torch.tensor(
-        [[-100, -100, 1, 2, 3], [-100, 4, 5, -100, -100], [-100, -100, -100, 6, 0]]
+        [
+            [-100, -100, -100, 2, 3, -100],
+            [-100, -100, 5, 6, -100, -100],
+            [-100, -100, -100, -100, 6, 0],
+        ]
     )
-    distill = torch.tensor([False, True, True])[:, None].expand(3, 5)
-    losses, mask = token_losses(logits, base, labels, distill)
-    assert mask.tolist() == (labels[:, 1:] != -100).tolist()
+    keep = loss_positions(labels)
+    assert keep.tolist() == [1, 2, 3, 4]  # no row's next label counts at 0
+    distill = torch.tensor([False, True, True])[:, None].expand(3, 6)
+    losses, mask = token_losses(logits[:, keep], base[:, keep], labels, distill, keep)
+    assert mask.tolist() == (labels[:, 1:][:, keep] != -100).tolist()
     ce = F.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="none")
-    assert torch.allclose(losses[0], ce)
+    assert torch.allclose(losses[0], ce[keep])
     p, q = base[0, :-1].log_softmax(-1), logits[1, :-1].log_softmax(-1)
-    kl = (p.exp() * (p - q)).sum(-1) * mask[1]
-    assert torch.allclose(losses[1], kl)
+    kl = (p.exp() * (p - q)).sum(-1) * (labels[1, 1:] != -100)
+    assert torch.allclose(losses[1], kl[keep])
     # The same logits as the base's: no divergence at all.
-    same, _ = token_losses(logits[1:], logits[1:], labels[1:], distill[1:])
+    same, _ = token_losses(logits[1:, keep], logits[1:, keep], labels[1:], distill[1:], keep)
     assert same.abs().max() < 1e-5
     # Padding-free: one row of chats end to end, the base's logits only at flagged tokens.
-    packed = logits[:1]
-    flags = torch.tensor([[False, False, True, True, True]])
-    losses, _ = token_losses(packed, packed[0, 2:], labels[:1], flags)
-    ce = F.cross_entropy(packed[0, :2], labels[0, 1:3], ignore_index=-100, reduction="none")
-    assert torch.allclose(losses[0, :2], ce * (labels[0, 1:3] != -100))
-    assert losses[0, 2:].abs().max() < 1e-5
+    packed, row = logits[:1], labels[:1]
+    flags = torch.tensor([[False, False, False, True, True, True]])
+    keep = loss_positions(row)
+    assert keep.tolist() == [2, 3]
+    losses, _ = token_losses(packed[:, keep], packed[0, 3:4], row, flags, keep)
+    ce = F.cross_entropy(packed[0, 2:3], row[0, 3:4])
+    assert torch.allclose(losses[0, 0], ce)
+    assert losses[0, 1].abs() < 1e-5
 
 
 def test_the_flag_reaches_the_batch(world: dict[str, Path], tmp_path: Path) -> None:
@@ -109,6 +117,21 @@ def test_distilled_rows_hold_the_policy_near_the_base(
     assert near < far / 10, (near, far)
 
 
+def every_position_loss(trainer: object, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The distilled batch's loss from the logits at every position (the reference for
+    `logits_to_keep`)."""
+    model, labels, flags = trainer.model, batch["labels"], batch["distill"]
+    forward = {k: v for k, v in batch.items() if k not in ("labels", "distill")}
+    every = torch.arange(labels.shape[1] - 1)
+    with torch.no_grad():
+        logits = model(**forward).logits[:, :-1]
+        with model.disable_adapter():
+            rows = flags.any(-1)
+            base = model(**{k: v[rows] for k, v in forward.items()}).logits[:, :-1]
+    losses, mask = token_losses(logits, base, labels, flags, every)
+    return losses.sum() / mask.sum()
+
+
 def test_padding_free_batches_give_the_padded_loss(world: dict[str, Path], tmp_path: Path) -> None:
     """The same chats end to end (padding-free) or padded: the same flags per token and the
     same loss, cross-entropy and KL alike."""
@@ -137,9 +160,11 @@ def test_padding_free_batches_give_the_padded_loss(world: dict[str, Path], tmp_p
                     param.add_(0.05 * torch.randn_like(param))
         trainer.model.eval()
         with torch.no_grad():
-            loss_packed = trainer.compute_loss(trainer.model, packed)
-            loss_padded = trainer.compute_loss(trainer.model, padded)
+            loss_packed = trainer.compute_loss(trainer.model, dict(packed))
+            loss_padded = trainer.compute_loss(trainer.model, dict(padded))
         assert float(loss_padded) > 0
         assert torch.allclose(loss_packed, loss_padded, rtol=1e-4, atol=1e-5)
+        # Logits at every position, not only where a loss is taken: the same loss.
+        assert torch.allclose(every_position_loss(trainer, padded), loss_padded, rtol=1e-4)
     finally:
         sft.cleanup(session)
