@@ -27,6 +27,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -186,6 +187,14 @@ class JudgeSettings(BaseModel):
     k: int = Field(1, ge=1, description="Verdicts sampled and averaged per candidate.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of the verdicts.")
     max_new_tokens: int = Field(64, ge=1, description="Longest verdict in tokens.")
+    verdict: Literal["text", "probabilities"] = Field(
+        "text",
+        description=(
+            "How a verdict is read: 'text' generates it and parses 'Score: N' (abstaining "
+            "when there is none); 'probabilities' prefills 'Score: ' and takes the expected "
+            "points under the judge's probabilities of 0-5 (backend 'transformers' only)."
+        ),
+    )
     pointwise_template: str | None = Field(
         None,
         description="Overrides the rubric prompt; use {prompt} and {response}.",
@@ -438,6 +447,17 @@ class Settings(BaseSettings):
         if value:
             check_url(value)  # DatabaseURLError is a ValueError: pydantic names the key
         return value
+
+    @model_validator(mode="after")
+    def _judge_can_read_probabilities(self) -> Settings:
+        judge_backend = self.judge.backend if self.judge.base else self.model.backend
+        if self.judge.verdict == "probabilities" and judge_backend != "transformers":
+            raise ValueError(
+                f"judge.verdict 'probabilities' needs the transformers backend, and the judge "
+                f"runs on {judge_backend!r} "
+                f"({'judge.backend' if self.judge.base else 'model.backend: the policy judges'})"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -385,6 +385,7 @@ def run_synth(
                 temperature=j.temperature,
                 max_new_tokens=j.max_new_tokens,
                 seed=seed,
+                verdict=j.verdict,
                 template=j.pointwise_template
                 or default_template(home, settings, separate_judge or policy),
                 name=judge_name,

@@ -4,12 +4,15 @@ pairwise judge that asks both orders to cancel position bias.
 The judge is any generation backend (`stages.generate`): the policy itself by default
 (self-rewarding), or another model or server. Prompts are templates with `{prompt}` and
 `{response}` (pointwise) or `{prompt}`, `{response_a}`, `{response_b}` (pairwise) that a
-user can override. An unparseable verdict abstains (None); it never counts as zero.
+user can override. An unparseable verdict abstains (None); it never counts as zero. Or
+(`verdict="probabilities"`) the answer is prefilled with "Score: " and the verdict is the
+expected points under the judge's own probabilities of 0-5 there (G-Eval's weighting).
 This module scores; it does not store anything (see `daemon/`).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +54,8 @@ Briefly justify your choice, up to 100 words, then conclude with "Winner: A" or 
 _SCORE = re.compile(r"score\s*[:=]\s*\**\s*(-?\d+(?:\.\d+)?)\s*\**\s*(?:/\s*5\b|out of 5\b)?", re.I)
 _WINNER = re.compile(r"winner\s*[:=]\s*\**\s*(?:response[\s_]*)?\(?([AB])\)?\b", re.I)
 MAX_POINTS = 5.0
+SCORE_PREFIX = "Score: "
+VERDICTS = ("text", "probabilities")
 
 
 def parse_score(verdict: str, max_points: float = MAX_POINTS) -> float | None:
@@ -121,7 +126,22 @@ class PointwiseJudge:
     seed: int | None = 0
     template: str = POINTWISE_TEMPLATE
     name: str = "judge"
+    verdict: str = "text"
+    """"text": the verdict is generated and its `Score: N` parsed (it abstains when there is
+    none); "probabilities": the answer is prefilled with "Score: " and the verdict is the
+    expected points under the judge's probabilities of the digits 0-5 there, one forward pass
+    per candidate, never abstaining (needs a backend with `option_logprobs`; k and
+    temperature do not apply)."""
     last: JudgeVerdicts | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.verdict == "probabilities" and not hasattr(self.backend, "option_logprobs"):
+            raise ValueError(
+                f"a judge reading score probabilities needs a backend that scores options "
+                f"(transformers); {type(self.backend).__name__} only generates text"
+            )
 
     def render(self, prompt: Chat | str, response: str) -> Chat:
         text = self.template.format(prompt=render_conversation(prompt), response=response)
@@ -139,11 +159,29 @@ class PointwiseJudge:
             seed=self.seed,
         )
         requests = [self.render(p, c) for p, c in zip(prompts, completions, strict=True)]
+        if self.verdict == "probabilities":
+            self.last = self._read_probabilities(requests)
+            return self.last
         raw = self.backend.generate(requests, params, self.adapter)
         samples = [[parse_score(v) for v in verdicts] for verdicts in raw]
         scores = [_mean(s) for s in samples]
         self.last = JudgeVerdicts(scores, raw, samples)
         return self.last
+
+    def _read_probabilities(self, requests: list[Chat]) -> JudgeVerdicts:
+        points = [str(n) for n in range(int(MAX_POINTS) + 1)]
+        logps = self.backend.option_logprobs(requests, SCORE_PREFIX, points, self.adapter)  # type: ignore[attr-defined]
+        scores: list[float | None] = []
+        raw: list[list[str]] = []
+        for row in logps:
+            top = max(row)
+            weights = [math.exp(v - top) for v in row]
+            probs = [w / sum(weights) for w in weights]
+            expected = sum(p * n for n, p in enumerate(probs))
+            scores.append(expected)
+            shares = " ".join(f"{n}:{p:.2f}" for n, p in enumerate(probs))
+            raw.append([f"{SCORE_PREFIX}{expected:.2f} (probabilities {shares})"])
+        return JudgeVerdicts(scores, raw, [[s] for s in scores])
 
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **_: Any

@@ -2,10 +2,11 @@
 
 `TransformersBackend.generate` left-pads each batch of rendered chat prompts and calls
 `model.generate`; `token_logprobs` scores given completions under the policy in one forward
-pass per batch (what RL and divergence measurements need). Adapters are loaded with
-`peft.PeftModel.from_pretrained` / `load_adapter` once and kept by name; the base alone is
-used with the adapters disabled. It is the default on CPU; it does not shard a model across
-devices, serve HTTP or train.
+pass per batch (what RL and divergence measurements need), and `option_logprobs` the
+options after a prefilled answer prefix (the judge's "Score: N" read as probabilities).
+Adapters are loaded with `peft.PeftModel.from_pretrained` / `load_adapter` once and kept by
+name; the base alone is used with the adapters disabled. It is the default on CPU; it does
+not shard a model across devices, serve HTTP or train.
 """
 
 from __future__ import annotations
@@ -272,6 +273,54 @@ class TransformersBackend:
                 for i, (p, c) in enumerate(zip(p_rows, c_rows, strict=True)):
                     results.append(logp[i, len(p) - 1 : len(p) - 1 + len(c)].tolist())
         return results
+
+    def option_logprobs(
+        self,
+        prompts: list[Chat],
+        prefix: str,
+        options: Sequence[str],
+        adapter: AdapterRef | None = None,
+    ) -> list[list[float]]:
+        """Per prompt, the log-probability of each option's tokens right after `prefix` at the
+        start of the assistant's answer (a prefilled "Score: " and the options "0".."5"):
+        `[prompt][option]`, comparable across the options of a prompt.
+
+        When the options, written after the prefix, differ in their last token alone (one
+        digit each, in most tokenizers), one forward pass per prompt reads them all at once;
+        otherwise each option is scored as a completion (`token_logprobs`, its end-of-turn
+        token left out).
+        """
+        if not options:
+            raise ValueError("option_logprobs needs at least one option")
+        if not prompts:
+            return []
+        written = self.tokenizer([prefix + option for option in options], add_special_tokens=False)[
+            "input_ids"
+        ]
+        shared = written[0][:-1]
+        last = [ids[-1] for ids in written]
+        if all(ids[:-1] == shared for ids in written) and len(set(last)) == len(last):
+            rows = [ids + shared for ids in encode_prompts(self.tokenizer, prompts)]
+            chosen = torch.tensor(last, device=self.device)
+            results: list[list[float]] = []
+            with self._policy(adapter) as model:
+                for start in range(0, len(rows), self.batch_size):
+                    ids, mask = left_pad(rows[start : start + self.batch_size], self.pad_id)
+                    ids, mask = ids.to(self.device), mask.to(self.device)
+                    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                    out = model(
+                        input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+                    )
+                    logp = out.logits[:, -1].float().log_softmax(-1)
+                    results.extend(logp[:, chosen].tolist())
+            return results
+        flat = self.token_logprobs(
+            [chat for chat in prompts for _ in options],
+            [prefix + option for _ in prompts for option in options],
+            adapter,
+        )
+        sums = [sum(scored[:-1]) for scored in flat]
+        return [sums[i : i + len(options)] for i in range(0, len(sums), len(options))]
 
     def close(self) -> None:
         """Drop the model and adapters (the object is unusable afterwards)."""

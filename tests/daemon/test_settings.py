@@ -178,6 +178,12 @@ def test_file_then_environment_precedence(tmp_path: Path, monkeypatch: pytest.Mo
         ("unknown_top = 1\n", "key 'unknown_top'"),
         ('[replay]\ncapacity = "lots"\n', "key 'replay.capacity'"),
         ("[ingest\n", "not valid TOML"),
+        ('[judge]\nverdict = "logits"\n', "key 'judge.verdict'"),
+        (
+            '[model]\nbackend = "vllm"\n[judge]\nverdict = "probabilities"\n',
+            "judge.verdict 'probabilities' needs the transformers backend, and the judge "
+            "runs on 'vllm' (model.backend",
+        ),
     ],
 )
 def test_invalid_file_names_the_key(tmp_path: Path, text: str, needle: str) -> None:

@@ -123,3 +123,41 @@ def test_with_a_real_tiny_model_verdicts_are_parsed_or_abstain(tmp_path: Path) -
         assert all(s is None or 0.0 <= s <= 1.0 for s in scores)
     finally:
         backend.close()
+
+
+class OptionScoringBackend(ScriptedBackend):
+    """A scripted backend that also scores options: each option's log-probability from the
+    request text."""
+
+    def __init__(self, logps: object) -> None:
+        super().__init__(lambda text, params: ["never asked to generate"])
+        self.logps = logps
+        self.asked: list[tuple[str, tuple[str, ...]]] = []
+
+    def option_logprobs(
+        self, prompts: list, prefix: str, options: list[str], adapter: object = None
+    ) -> list[list[float]]:
+        self.asked.append((prefix, tuple(options)))
+        return [self.logps(chat[-1]["content"]) for chat in prompts]  # type: ignore[operator]
+
+
+def test_probability_verdicts_are_expected_points_and_never_abstain() -> None:
+    import math
+
+    sure_five = [-30.0] * 5 + [0.0]
+    split = [math.log(0.5), -60.0, math.log(0.5), -60.0, -60.0, -60.0]  # 0 or 2: 1 point
+    backend = OptionScoringBackend(lambda text: sure_five if "<response>7" in text else split)
+    judge = PointwiseJudge(backend, verdict="probabilities", k=3, temperature=0.8)
+    scores = judge(["3+4?", "3+4?"], ["7", "8"])
+    assert scores == [pytest.approx(1.0), pytest.approx(0.2)]
+    assert backend.asked == [("Score: ", ("0", "1", "2", "3", "4", "5"))]
+    assert backend.requests == []  # nothing generated
+    assert judge.last is not None
+    assert [parse_score(v[0]) for v in judge.last.raw] == [5.0, 1.0]  # the raw text says it
+
+
+def test_probability_verdicts_need_a_backend_that_scores_options() -> None:
+    with pytest.raises(ValueError, match="scores options"):
+        PointwiseJudge(ScriptedBackend(lambda text, params: []), verdict="probabilities")
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        PointwiseJudge(ScriptedBackend(lambda text, params: []), verdict="logits")

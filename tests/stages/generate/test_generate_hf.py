@@ -193,3 +193,26 @@ def test_token_logprobs_checks_lengths(backend: TransformersBackend, prompts: li
         backend.token_logprobs(prompts, ["a"])
     assert backend.token_logprobs([], []) == []
     assert backend.generate([], GREEDY) == []
+
+
+@pytest.mark.parametrize("use_adapter", [False, True])
+def test_option_logprobs_read_each_option_after_the_prefix(
+    tiny_model_dir: Path, prompts: list, tiny_adapter: AdapterRef, use_adapter: bool
+) -> None:
+    """Digits after "Score: " differ in their last token: one left-padded forward pass per
+    prompt gives each digit's log-probability there, as scoring "Score: N" unpadded does.
+    Options of different lengths are scored as whole completions."""
+    b = TransformersBackend(tiny_model_dir, device="cpu", batch_size=2)  # several batches
+    adapter = tiny_adapter if use_adapter else None
+    digits = [str(n) for n in range(6)]
+    got = b.option_logprobs(prompts, "Score: ", digits, adapter)
+    assert len(got) == len(prompts) and all(len(row) == 6 for row in got)
+    for prompt, row in zip(prompts, got, strict=True):
+        scored = b.token_logprobs([prompt] * 6, [f"Score: {d}" for d in digits], adapter)
+        assert row == pytest.approx([s[-2] for s in scored], abs=1e-4)  # the digit, not <|end|>
+    mixed = b.option_logprobs(prompts[:1], "Score: ", ["1", "12"], adapter)
+    [whole] = b.token_logprobs(prompts[:1], ["Score: 12"], adapter)
+    assert mixed[0][1] - mixed[0][0] == pytest.approx(whole[-2], abs=1e-4)
+    with pytest.raises(ValueError, match="option"):
+        b.option_logprobs(prompts, "Score: ", [])
+    assert b.option_logprobs([], "Score: ", digits) == []
