@@ -11,7 +11,8 @@ two tasks arrive one after another, each declared in the home's `tutord.toml` on
 (`[tasks.sum2]`, later `[tasks.diff2]`: two-digit sums and differences answered with the
 number alone, graded `exact`), with traffic like real traffic before every cycle: mostly
 bare answers in the base's own wordy style, some rated, a few corrected. Each cycle
-synthesizes (the model judges its own candidates with the compact rubric), lets the
+synthesizes (the model judges its own candidates with the compact rubric, its verdict read
+from its probabilities of each score), lets the
 curriculum choose the stage, trains, gates (task and retention) and promotes or rejects.
 With `rehearsal=False` replay and rehearsal are off: the forgetting run. It prints a table
 per cycle and writes the drift report. Nothing here names a stage or a decision.
@@ -53,7 +54,10 @@ MIX = {"bare": 0.7, "rated": 0.2, "corrected": 0.1}
 
 SETTINGS: dict[str, Any] = {
     "model": {"threads": 2},
-    "judge": {"max_new_tokens": 24, "pointwise_template": COMPACT_POINTWISE_TEMPLATE},
+    # Read from the judge's probabilities of 0-5 after "Score: ": the base never writes a
+    # verdict of its own to the rubric (it answers the question inside it), so in "text"
+    # mode cycle 1's judge agreement was unknown.
+    "judge": {"verdict": "probabilities", "pointwise_template": COMPACT_POINTWISE_TEMPLATE},
     "synth": {
         "prompts": 48,
         "n": 2,
@@ -75,6 +79,9 @@ SETTINGS: dict[str, Any] = {
             # Rehearsal rows teach the base's distributions, not its greedy text: retention
             # -0.025 against -0.095 by cross-entropy on the same rows (cycle 1, seed 0).
             "distill_tasks": ["rehearsal"],
+            # The same batches and loss, 18% faster per step on an AVX-512 CPU (no faster on
+            # an AVX2-only one).
+            "padding_free": True,
             "max_steps": 80,
             "learning_rate": 0.001,
             "per_device_batch_size": 16,
