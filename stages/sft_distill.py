@@ -11,7 +11,8 @@ adapter switched off (`PeftModel.disable_adapter`), so no second model is loaded
 other rows keep TRL's cross-entropy; both are summed per loss token and divided by the
 batch's loss tokens, as TRL does for cross-entropy alone. The base's forward pass runs on
 the distilled rows only (their tokens alone when the batch is padding-free), without
-gradients.
+gradients. Both passes compute logits only at the positions whose next token is a loss
+target (`logits_to_keep`), as TRL's fused head does for cross-entropy.
 
 A row's flag travels as a `distill` column: kept by the trainer's column filter and
 spread over the row's tokens by a wrapped collator. It does not choose rows or weights, and
