@@ -79,7 +79,7 @@ SETTINGS: dict[str, Any] = {
             # Rehearsal rows teach the base's distributions, not its greedy text: retention
             # -0.025 against -0.095 by cross-entropy on the same rows (cycle 1, seed 0).
             "distill_tasks": ["rehearsal"],
-            # The same batches and loss, 18% faster per step on an AVX-512 CPU (no faster on
+            # The same batches and loss, 11% faster per step on an AVX-512 CPU (no faster on
             # an AVX2-only one).
             "padding_free": True,
             "max_steps": 80,
