@@ -12,7 +12,12 @@ from daemon.task_settings import TaskSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("daemon", "stages", "judges", "evals", "replay", "world")
-DECLARATIONS = {"daemon/settings.py", "daemon/task_settings.py", "daemon/config_file.py"}
+DECLARATIONS = {
+    "daemon/settings.py",
+    "daemon/service_settings.py",
+    "daemon/task_settings.py",
+    "daemon/config_file.py",
+}
 
 
 def table_keys() -> list[str]:
