@@ -176,7 +176,8 @@ class PointwiseJudge:
         for row in logps:
             top = max(row)
             weights = [math.exp(v - top) for v in row]
-            probs = [w / sum(weights) for w in weights]
+            total = sum(weights)
+            probs = [w / total for w in weights]
             expected = sum(p * n for n, p in enumerate(probs))
             scores.append(expected)
             shares = " ".join(f"{n}:{p:.2f}" for n, p in enumerate(probs))
