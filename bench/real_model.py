@@ -249,9 +249,7 @@ def main() -> None:
     parser.add_argument(
         "--demo-root", type=Path, default=Path("real-demo-seeds"), help="the demos' homes"
     )
-    parser.add_argument(
-        "--demo-model", default="smollm2-135m-instruct", help="what the demos import"
-    )
+    parser.add_argument("--demo-model", default=demo_seeds.MODEL, help="what the demos import")
     args = parser.parse_args()
     stages = (
         list(NAMES)
