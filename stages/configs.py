@@ -45,7 +45,7 @@ NonNegative = Annotated[float, at.Ge(0)]
 Share = Annotated[float, at.Interval(ge=0, le=1)]
 """A number in [0, 1]."""
 Dropout = Annotated[float, at.Interval(ge=0, lt=1)]
-Precision = Literal["auto", "float32", "bfloat16"]
+Precision = Literal["auto", "float32", "bfloat16", "mixed"]
 
 DEFAULT_TARGETS = ("all-linear",)
 """peft's every linear layer but the output head, whatever an architecture names them (on a
@@ -190,7 +190,8 @@ class SFTStageConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more time)."""
     precision: Precision = "auto"
-    """auto (float32 on CPU, bfloat16 on a GPU), float32 or bfloat16."""
+    """auto (float32 on CPU, bfloat16 on a GPU), float32, bfloat16 or mixed (float32
+    weights, bfloat16 matmuls under autocast)."""
     max_seconds: Positive | None = 600.0
     """Wall-clock budget of the stage (from its start); training stops gracefully after the
     step that spends it and the adapter is still published (`stopped_early`)."""
@@ -222,6 +223,10 @@ class SFTStageConfig:
     target text: the loss on their answer tokens is KL(base || policy), the base being the
     model with its adapters off (`stages/sft_distill.py`). For rehearsal rows (the base's
     own answers, task `rehearsal`); other rows keep the cross-entropy."""
+    loss_average: Literal["tokens", "rows"] = "tokens"
+    """How a batch's per-token losses make its loss: "tokens", their mean (TRL's: a long
+    answer weighs as much as many short ones), or "rows", the mean over its chats of each
+    chat's mean (a two-token answer weighs as much as a 48-token rehearsal answer)."""
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -287,7 +292,8 @@ class DPOStageConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more time)."""
     precision: Precision = "auto"
-    """auto (float32 on CPU, bfloat16 on a GPU), float32 or bfloat16."""
+    """auto (float32 on CPU, bfloat16 on a GPU), float32, bfloat16 or mixed (float32
+    weights, bfloat16 matmuls under autocast)."""
     max_seconds: Positive | None = 600.0
     """Wall-clock budget of the stage (from its start); training stops gracefully after the
     step that spends it and the adapter is still published (`stopped_early`)."""
@@ -375,7 +381,8 @@ class RLStageConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more time)."""
     precision: Precision = "auto"
-    """auto (float32 on CPU, bfloat16 on a GPU), float32 or bfloat16."""
+    """auto (float32 on CPU, bfloat16 on a GPU), float32, bfloat16 or mixed (float32
+    weights, bfloat16 matmuls under autocast)."""
     max_seconds: Positive | None = 600.0
     """Wall-clock budget of the stage (from its start); training stops gracefully after the
     step that spends it and the adapter is still published (`stopped_early`)."""

@@ -40,14 +40,17 @@ def use_cpu() -> bool:
 
 def resolve_precision(precision: str) -> tuple[torch.dtype, bool]:
     """(weights dtype, bf16 mixed precision) for "auto" (float32 on CPU, bfloat16 on a GPU),
-    "float32" or "bfloat16"."""
+    "float32", "bfloat16" (the weights too) or "mixed" (float32 weights, every matmul in
+    bfloat16 under autocast)."""
     if precision == "auto":
         precision = "float32" if use_cpu() else "bfloat16"
     if precision == "float32":
         return torch.float32, False
     if precision == "bfloat16":
         return torch.bfloat16, True
-    raise ConfigError(f"precision must be auto, float32 or bfloat16, not {precision!r}")
+    if precision == "mixed":
+        return torch.float32, True
+    raise ConfigError(f"precision must be auto, float32, bfloat16 or mixed, not {precision!r}")
 
 
 def configure_logging(output_dir: Path) -> None:

@@ -75,10 +75,11 @@ def setup(config: SFTStageConfig) -> SFTSession:
 
     inputs = stage_run.load_inputs(config, STAGE, ["messages"], _check_rows)
     rows, trainer_class = inputs.rows, SFTTrainer
-    if config.distill_tasks:
+    if config.distill_tasks or config.loss_average == "rows":
         from stages import sft_distill
 
-        rows = sft_distill.flag_rows(rows, config.distill_tasks)
+        if config.distill_tasks:
+            rows = sft_distill.flag_rows(rows, config.distill_tasks)
         trainer_class = sft_distill.DistillingSFTTrainer
     if has_generation_blocks(inputs.tokenizer):
         loss_mode = "assistant_only"
@@ -96,6 +97,7 @@ def setup(config: SFTStageConfig) -> SFTSession:
         train_sampling_strategy="group_by_length" if config.length_grouped else "random",
     )
     run = stage_run.build_run(STAGE, config, inputs, trainer_class, args, dataset)
+    run.trainer.loss_average = config.loss_average
     run.trainer.data_collator = collator(run.trainer.data_collator, config)
     return SFTSession(run=run, loss_mode=loss_mode)
 

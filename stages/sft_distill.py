@@ -14,6 +14,9 @@ the distilled rows only (their tokens alone when the batch is padding-free), wit
 gradients. Both passes compute logits only at the positions whose next token is a loss
 target (`logits_to_keep`), as TRL's fused head does for cross-entropy.
 
+With `SFTStageConfig.loss_average = "rows"` the trainer averages each chat's token losses
+first and then the chats (`row_weights`), on every batch, distilled or not.
+
 A row's flag travels as a `distill` column: kept by the trainer's column filter and
 spread over the row's tokens by a wrapped collator. It does not choose rows or weights, and
 leaves TRL's loss untouched on batches without a distilled row.
@@ -110,9 +113,29 @@ def base_inputs(
     }
 
 
+def row_weights(labels: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
+    """Per-target weights, shaped like `labels[:, 1:]` (the position predicting each label):
+    1 / (the targets of its chat) / (the chats with a target), so that every chat of the
+    batch counts the same whatever its length. A padded batch has a chat per row; a
+    padding-free one (`position_ids` given) starts a chat wherever its position is 0."""
+    targets = labels[:, 1:] != -100
+    if position_ids is None:
+        owner = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)
+    else:
+        owner = ((position_ids == 0).cumsum(-1) - 1)[:, 1:]
+    counts = torch.bincount(owner[targets], minlength=int(owner.max()) + 1)
+    chats = (counts > 0).sum().clamp(min=1)
+    return targets * (1.0 / counts.clamp(min=1))[owner] / chats
+
+
 class DistillingSFTTrainer(SFTTrainer):
     """TRL's `SFTTrainer`, with rows flagged `distill` taught by KL to the adapter-free model.
-    Its data collator must be wrapped by `with_flags` (`stages.sft.setup` does it)."""
+    Its data collator must be wrapped by `with_flags` (`stages.sft.setup` does it). With
+    `loss_average = "rows"` every batch's loss is the mean over its chats of each chat's mean
+    token loss (`row_weights`), distilled or not, instead of the mean over all its loss
+    tokens."""
+
+    loss_average: str = "tokens"
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -127,19 +150,32 @@ class DistillingSFTTrainer(SFTTrainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         distill = inputs.pop(COLUMN, None)
-        if distill is None or not bool(distill.any()) or return_outputs:
+        distilled = distill is not None and bool(distill.any())
+        by_rows = self.loss_average == "rows"
+        if not (distilled or by_rows) or return_outputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
         forward = {k: v for k, v in inputs.items() if k != "labels"}
         forward["use_cache"] = False
         keep = loss_positions(labels)
         logits = model(**forward, logits_to_keep=keep).logits
-        distill = distill.to(logits.device)
-        with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
-            base_logits = model(**base_inputs(forward, distill, keep)).logits
+        if distilled:
+            distill = distill.to(logits.device)  # type: ignore[union-attr]
+            with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+                base_logits = model(**base_inputs(forward, distill, keep)).logits
+        else:
+            distill = torch.zeros_like(labels, dtype=torch.bool)
+            base_logits = logits.new_zeros(0, logits.shape[-1])
         losses, mask = token_losses(logits, base_logits, labels, distill, keep)
-        tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
-        loss = losses.sum() / torch.as_tensor(tokens).clamp(min=1)
+        if by_rows:
+            padding_free = "attention_mask" not in forward
+            weights = row_weights(labels, forward["position_ids"] if padding_free else None)
+            loss = (losses * weights[:, keep]).sum()
+            if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
+                loss = loss / self.current_gradient_accumulation_steps  # as the Trainer would
+        else:
+            tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = losses.sum() / torch.as_tensor(tokens).clamp(min=1)
         mode = "train" if self.model.training else "eval"
         if mode == "train":
             padding = inputs.get("attention_mask")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from stages import sft
-from stages.sft_distill import loss_positions, token_losses
+from stages.sft_distill import loss_positions, row_weights, token_losses
 from tests.stages.test_stage_support import make_world, sft_config, sft_rows
 
 
@@ -26,7 +26,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         tmp_path_factory.mktemp("distill-world"),
         mixed=rows_with_tasks(half),
         rehearsal=rows_with_tasks(["rehearsal"] * 16),
+        uneven=uneven_rows(),
     )
+
+
+def uneven_rows() -> list[dict[str, object]]:
+    """Half task rows, half rehearsal rows whose answers are 1 to 4 times as long."""
+    rows = rows_with_tasks(["add", "rehearsal"] * 8)
+    for i, row in enumerate(rows):
+        answer = row["messages"][-1]["content"]  # type: ignore[index]
+        row["messages"][-1]["content"] = " ".join([answer] * (1 + i % 4))  # type: ignore[index]
+    return rows
 
 
 def test_token_losses_are_cross_entropy_and_kl_per_flagged_token() -> None:
@@ -166,5 +176,65 @@ def test_padding_free_batches_give_the_padded_loss(world: dict[str, Path], tmp_p
         assert torch.allclose(loss_packed, loss_padded, rtol=1e-4, atol=1e-5)
         # Logits at every position, not only where a loss is taken: the same loss.
         assert torch.allclose(every_position_loss(trainer, padded), loss_padded, rtol=1e-4)
+    finally:
+        sft.cleanup(session)
+
+
+def test_row_weights_count_every_chat_once() -> None:
+    """Two chats padded (3 targets and 1) or end to end: each chat's targets share 1/2."""
+    labels = torch.tensor([[-100, 5, 6, 7], [-100, -100, 8, -100]])
+    padded = row_weights(labels, None)
+    assert torch.allclose(padded, torch.tensor([[1 / 6, 1 / 6, 1 / 6], [0.0, 0.5, 0.0]]))
+    packed = torch.tensor([[-100, 5, 6, 7, -100, -100, 8]])
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2]])
+    weights = row_weights(packed, positions)
+    assert torch.allclose(weights, torch.tensor([[1 / 6, 1 / 6, 1 / 6, 0.0, 0.0, 0.5]]))
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_loss_average_rows_is_the_mean_of_each_chats_mean(
+    world: dict[str, Path], tmp_path: Path, padding_free: bool
+) -> None:
+    """`loss_average = "rows"`: the batch's loss is the mean over its chats of each chat's mean
+    token loss (cross-entropy or KL), computed here from the logits at every position."""
+    cfg = sft_config(
+        world,
+        tmp_path,
+        train="uneven",
+        distill_tasks=("rehearsal",),
+        padding_free=padding_free,
+        loss_average="rows",
+    )
+    session = sft.setup(cfg)
+    try:
+        trainer = session.run.trainer
+        examples = [trainer.train_dataset[i] for i in range(4)]
+        batch = trainer.data_collator(examples)
+        with torch.no_grad():
+            for name, param in trainer.model.named_parameters():
+                if "lora_B" in name:
+                    param.add_(0.05 * torch.randn_like(param))
+        trainer.model.eval()
+        with torch.no_grad():
+            loss = trainer.compute_loss(trainer.model, dict(batch))
+            means = []
+            for example in examples:
+                one = trainer.data_collator([example])
+                forward = {k: v for k, v in one.items() if k not in ("labels", "distill")}
+                logits = trainer.model(**forward).logits[:, :-1]
+                with trainer.model.disable_adapter():
+                    base = trainer.model(**forward).logits[:, :-1]
+                every = torch.arange(one["labels"].shape[1] - 1)
+                flags = one["distill"]
+                base = base[flags[:, :-1]]
+                losses, mask = token_losses(logits, base, one["labels"], flags, every)
+                means.append(losses.sum() / mask.sum())
+        assert torch.allclose(loss, torch.stack(means).mean(), rtol=1e-4, atol=1e-6)
+        tokens = trainer.loss_average
+        trainer.loss_average = "tokens"
+        with torch.no_grad():
+            by_tokens = trainer.compute_loss(trainer.model, dict(batch))
+        trainer.loss_average = tokens
+        assert not torch.allclose(loss, by_tokens, rtol=1e-3)  # the two averages differ here
     finally:
         sft.cleanup(session)

@@ -85,6 +85,29 @@ def test_fresh_lora_is_trained_on_assistant_turns_and_published(
     assert sft.run(cfg) == result
 
 
+def test_mixed_precision_keeps_float32_weights_and_multiplies_in_bfloat16(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """precision "mixed": the policy loads in float32, the Trainer runs its forward passes
+    under bf16 autocast (a linear layer's output is bfloat16), and the adapter it publishes
+    is trained and float32."""
+    cfg = config(world, tmp_path, precision="mixed")
+    session = sft.setup(cfg)
+    trainer = session.run.trainer
+    assert trainer.args.bf16
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    seen: list[torch.dtype] = []
+    layer = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
+    hook = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    result = sft.train(session)
+    hook.remove()
+    sft.cleanup(session)
+    assert seen and set(seen) == {torch.bfloat16}
+    weights = adapter_weights(Path(result.adapter_path))  # type: ignore[arg-type]
+    lora_b = [w for k, w in weights.items() if "lora_B" in k]
+    assert lora_b and all(w.dtype == torch.float32 and w.abs().sum() > 0 for w in lora_b)
+
+
 def test_continues_from_the_production_adapter(world: dict[str, Path], tmp_path: Path) -> None:
     adapters = tmp_path / "adapters"
     parent = make_parent(world["base"], adapters, version=1)
