@@ -127,6 +127,16 @@ def test_distilled_rows_hold_the_policy_near_the_base(
     assert near < far / 10, (near, far)
 
 
+def off_the_base(model: torch.nn.Module) -> None:
+    """Move the policy off the base (random LoRA B matrices), so that the KL is not zero, and
+    put it in eval mode."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.05 * torch.randn_like(param))
+    model.eval()
+
+
 def every_position_loss(trainer: object, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The distilled batch's loss from the logits at every position (the reference for
     `logits_to_keep`)."""
@@ -163,12 +173,7 @@ def test_padding_free_batches_give_the_padded_loss(world: dict[str, Path], tmp_p
         assert packed["distill"][0].tolist() == expected and any(expected) and not all(expected)
         pad_id = trainer.processing_class.pad_token_id
         padded = with_flags(DataCollatorForLanguageModeling(pad_token_id=pad_id))(examples)
-        # Move the policy off the base, so that the KL is not zero.
-        with torch.no_grad():
-            for name, param in trainer.model.named_parameters():
-                if "lora_B" in name:
-                    param.add_(0.05 * torch.randn_like(param))
-        trainer.model.eval()
+        off_the_base(trainer.model)
         with torch.no_grad():
             loss_packed = trainer.compute_loss(trainer.model, dict(packed))
             loss_padded = trainer.compute_loss(trainer.model, dict(padded))
@@ -210,11 +215,7 @@ def test_loss_average_rows_is_the_mean_of_each_chats_mean(
         trainer = session.run.trainer
         examples = [trainer.train_dataset[i] for i in range(4)]
         batch = trainer.data_collator(examples)
-        with torch.no_grad():
-            for name, param in trainer.model.named_parameters():
-                if "lora_B" in name:
-                    param.add_(0.05 * torch.randn_like(param))
-        trainer.model.eval()
+        off_the_base(trainer.model)
         with torch.no_grad():
             loss = trainer.compute_loss(trainer.model, dict(batch))
             means = []
