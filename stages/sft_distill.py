@@ -182,8 +182,10 @@ class DistillingSFTTrainer(SFTTrainer):
             counted = inputs["input_ids"].numel() if padding is None else padding.sum()
             self._total_train_tokens += int(counted)
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-        with torch.no_grad():
-            flagged = distill[:, :-1][:, keep]
-            kl_tokens = mask[flagged].sum().clamp(min=1)
-            self._metrics[mode]["distill_kl"].append((losses[flagged].sum() / kl_tokens).item())
+        if distilled:  # as on batches TRL's loss takes: no KL to log without a distilled row
+            with torch.no_grad():
+                flagged = distill[:, :-1][:, keep]
+                kl_tokens = mask[flagged].sum().clamp(min=1)
+                kl = (losses[flagged].sum() / kl_tokens).item()
+            self._metrics[mode]["distill_kl"].append(kl)
         return loss
