@@ -218,6 +218,11 @@ class SFTStageConfig:
     positions). The same batches and loss with fewer tokens: 11% faster per step on the
     real-model demo's data on an AVX-512 CPU, no faster on an AVX2-only one, where attention
     over the joined sequence cost what the padding saved."""
+    share_prefix: bool = False
+    """With `padding_free`: compute the tokens every chat of a batch starts with (a chat
+    template's default system prompt) once per batch, not once per chat; every chat still
+    sees them, through a 4-D attention mask (`stages/sft_prefix.py`). The same loss and
+    gradients; sdpa or eager attention only."""
     distill_tasks: tuple[str, ...] = ()
     """Tasks whose rows teach the base model's next-token distributions rather than their
     target text: the loss on their answer tokens is KL(base || policy), the base being the
@@ -230,6 +235,8 @@ class SFTStageConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        if self.share_prefix and not self.padding_free:
+            raise ValueError("share_prefix needs padding_free (chats end to end in one row)")
 
 
 @dataclass(frozen=True)

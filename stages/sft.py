@@ -75,7 +75,7 @@ def setup(config: SFTStageConfig) -> SFTSession:
 
     inputs = stage_run.load_inputs(config, STAGE, ["messages"], _check_rows)
     rows, trainer_class = inputs.rows, SFTTrainer
-    if config.distill_tasks or config.loss_average == "rows":
+    if config.distill_tasks or config.loss_average == "rows" or config.share_prefix:
         from stages import sft_distill
 
         if config.distill_tasks:
@@ -106,7 +106,7 @@ def collator(padded: Any, config: SFTStageConfig) -> Any:
     """The batch collator: TRL's padded one, or (`padding_free`) its padding-free twin, built
     here rather than through `SFTConfig.padding_free`, which TRL refuses beside `max_length`
     although its dataset preparation truncates either way; with `distill_tasks`, wrapped to
-    carry each token's flag."""
+    carry each token's flag; with `share_prefix`, the chats' common prefix kept once."""
     chosen = padded
     if config.padding_free:
         from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -118,6 +118,10 @@ def collator(padded: Any, config: SFTStageConfig) -> Any:
         from stages import sft_distill
 
         chosen = sft_distill.with_flags(chosen)
+    if config.share_prefix:  # after the flags, which are spread over the whole chats
+        from stages import sft_prefix
+
+        chosen = sft_prefix.with_shared_prefix(chosen)
     return chosen
 
 

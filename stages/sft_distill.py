@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from trl import SFTTrainer
 
+from stages import sft_prefix
+
 COLUMN = "distill"
 
 
@@ -90,12 +92,20 @@ def token_losses(
 
 
 def base_inputs(
-    forward: dict[str, Any], distill: torch.Tensor, keep: torch.Tensor
+    forward: dict[str, Any], distill: torch.Tensor, keep: torch.Tensor, prefix: int = 0
 ) -> dict[str, Any]:
     """The model inputs of the flagged tokens alone, with the kept positions among them as
     `logits_to_keep`: their rows when the batch is padded (every token of a flagged row is
     flagged, so the rows' logits at `keep` are already in the flagged positions' order),
-    their tokens (whole sequences, with their positions) when it is padding-free."""
+    their tokens (whole sequences, with their positions) when it is padding-free, and with
+    the batch's first `prefix` tokens too (`stages/sft_prefix.py`) when its chats share
+    them."""
+    if prefix:  # shared-prefix batch: the flagged tokens and the prefix they all see
+        flagged = distill[0]
+        chosen = flagged.clone()
+        chosen[:prefix] = True
+        index = chosen.cumsum(0) - 1
+        return {**sft_prefix.select(forward, chosen), "logits_to_keep": index[keep[flagged[keep]]]}
     if "attention_mask" in forward:
         rows = distill.any(-1)
         chosen = {
@@ -117,12 +127,15 @@ def row_weights(labels: torch.Tensor, position_ids: torch.Tensor | None) -> torc
     """Per-target weights, shaped like `labels[:, 1:]` (the position predicting each label):
     1 / (the targets of its chat) / (the chats with a target), so that every chat of the
     batch counts the same whatever its length. A padded batch has a chat per row; a
-    padding-free one (`position_ids` given) starts a chat wherever its position is 0."""
+    padding-free one (`position_ids` given) starts a chat wherever its position does not
+    follow the one before (0, or after a shared prefix its length)."""
     targets = labels[:, 1:] != -100
     if position_ids is None:
         owner = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)
-    else:
-        owner = ((position_ids == 0).cumsum(-1) - 1)[:, 1:]
+    else:  # a chat starts where the position does not follow the one before
+        starts = torch.ones_like(position_ids, dtype=torch.bool)
+        starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+        owner = (starts.cumsum(-1) - 1)[:, 1:]
     counts = torch.bincount(owner[targets], minlength=int(owner.max()) + 1)
     chats = (counts > 0).sum().clamp(min=1)
     return targets * (1.0 / counts.clamp(min=1))[owner] / chats
@@ -150,25 +163,32 @@ class DistillingSFTTrainer(SFTTrainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         distill = inputs.pop(COLUMN, None)
+        prefix = int(inputs.pop(sft_prefix.PREFIX, 0))
         distilled = distill is not None and bool(distill.any())
         by_rows = self.loss_average == "rows"
-        if not (distilled or by_rows) or return_outputs:
+        if not (distilled or by_rows or prefix) or return_outputs:
+            if prefix:
+                raise ValueError("a shared-prefix batch has no outputs to return")
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
         forward = {k: v for k, v in inputs.items() if k != "labels"}
         forward["use_cache"] = False
+        if prefix:
+            forward[sft_prefix.MASK] = sft_prefix.model_mask(
+                forward[sft_prefix.MASK], model.config._attn_implementation, model.dtype
+            )
         keep = loss_positions(labels)
         logits = model(**forward, logits_to_keep=keep).logits
         if distilled:
             distill = distill.to(logits.device)  # type: ignore[union-attr]
             with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
-                base_logits = model(**base_inputs(forward, distill, keep)).logits
+                base_logits = model(**base_inputs(forward, distill, keep, prefix)).logits
         else:
             distill = torch.zeros_like(labels, dtype=torch.bool)
             base_logits = logits.new_zeros(0, logits.shape[-1])
         losses, mask = token_losses(logits, base_logits, labels, distill, keep)
         if by_rows:
-            padding_free = "attention_mask" not in forward
+            padding_free = prefix > 0 or "attention_mask" not in forward
             weights = row_weights(labels, forward["position_ids"] if padding_free else None)
             loss = (losses * weights[:, keep]).sum()
             if num_items_in_batch is not None and self.model_accepts_loss_kwargs:
@@ -178,7 +198,7 @@ class DistillingSFTTrainer(SFTTrainer):
             loss = losses.sum() / torch.as_tensor(tokens).clamp(min=1)
         mode = "train" if self.model.training else "eval"
         if mode == "train":
-            padding = inputs.get("attention_mask")
+            padding = None if prefix else inputs.get("attention_mask")
             counted = inputs["input_ids"].numel() if padding is None else padding.sum()
             self._total_train_tokens += int(counted)
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
