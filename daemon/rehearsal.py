@@ -7,7 +7,8 @@ Forgetting in Large Language Models with Self-Synthesized Rehearsal") holds it n
 was without any data of the user's. `ensure_rehearsal` asks the base model (no adapter) the
 prompts of `replay.rehearsal_prompts` once per base, greedily, keeps each answer up to its
 last finished sentence (an answer cut off mid-sentence would teach the model to stop there;
-one with no finished sentence is dropped), and adds them to the replay buffer as SFT rows
+one with no finished sentence is dropped) or, with `[replay] rehearsal_cut = "tokens"` for
+rows taught by KL, as generated, and adds them to the replay buffer as SFT rows
 of task `rehearsal` with source `rehearsal:<base>`. From then on every SFT dataset carries
 them: as one task of its stratified replay sample, or as a share of their own with
 `[replay] rehearsal_share` (`daemon/assemble.py`). Held-out prompts of any task are left
@@ -97,6 +98,12 @@ def whole_sentences(text: str) -> str | None:
     return text[: ends[-1] + 1] if ends else None
 
 
+def as_generated(text: str) -> str | None:
+    """The answer as generated, finished or not (`rehearsal_cut = "tokens"`); None when
+    empty."""
+    return text.strip() or None
+
+
 def source_label(settings: Settings) -> str:
     return f"rehearsal:{settings.model.base or 'world'}"
 
@@ -128,10 +135,11 @@ def ensure_rehearsal(
         answers = backend.generate(prompts, params, adapter=None)
     finally:
         backend.close()
+    cut = whole_sentences if settings.replay.rehearsal_cut == "sentence" else as_generated
     kept = [
         (prompt, answer)
         for prompt, texts in zip(prompts, answers, strict=True)
-        if texts and (answer := whole_sentences(texts[0]))
+        if texts and (answer := cut(texts[0]))
     ]
     items = [
         NewReplayItem(
@@ -147,8 +155,13 @@ def ensure_rehearsal(
         for prompt, answer in kept
     ]
     added, _evicted = remember(engine, settings, items)
+    how = (
+        "each cut to its last finished sentence"
+        if cut is whole_sentences
+        else f"as generated (at most {params.max_new_tokens} tokens)"
+    )
     say(
         f"  rehearsal: the base answered {len(prompts)} general prompts; {added} answers, "
-        f"each cut to its last finished sentence, joined the replay buffer ({source})"
+        f"{how}, joined the replay buffer ({source})"
     )
     return RehearsalResult(len(prompts), added, source)

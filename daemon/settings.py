@@ -128,6 +128,15 @@ class ReplaySettings(BaseModel):
         le=512,
         description="Longest rehearsal answer; a cut-off one keeps its finished sentences.",
     )
+    rehearsal_cut: Literal["sentence", "tokens"] = Field(
+        "sentence",
+        description=(
+            "How a rehearsal answer cut off at rehearsal_max_new_tokens is kept: 'sentence', "
+            "up to its last finished sentence (one with none is dropped), or 'tokens', as "
+            "generated. 'tokens' only for rows taught by KL ([train.sft] distill_tasks = "
+            "['rehearsal']): by cross-entropy an unfinished answer teaches stopping mid-sentence."
+        ),
+    )
 
 
 class AdapterSettings(BaseModel):
@@ -370,6 +379,18 @@ class Settings(BaseSettings):
                 f"judge.verdict 'probabilities' needs the transformers backend, and the judge "
                 f"runs on {judge_backend!r} "
                 f"({'judge.backend' if self.judge.base else 'model.backend: the policy judges'})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _unfinished_rehearsal_only_by_kl(self) -> Settings:
+        if (
+            self.replay.rehearsal_cut == "tokens"
+            and "rehearsal" not in self.train.sft.distill_tasks
+        ):
+            raise ValueError(
+                "replay.rehearsal_cut 'tokens' keeps answers cut off mid-sentence, which only "
+                "rows taught by KL may hold: add 'rehearsal' to [train.sft] distill_tasks"
             )
         return self
 

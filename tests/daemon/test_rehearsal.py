@@ -79,6 +79,29 @@ def test_finished_answers_join_replay_once(db_engine: Engine, tmp_path: Path) ->
     assert counts(db_engine, "sft") == {"sft": {"rehearsal": 2}}
 
 
+def test_answers_kept_as_generated_for_kl_rehearsal(db_engine: Engine, tmp_path: Path) -> None:
+    """`rehearsal_cut = "tokens"`: cut-off answers are kept as generated, empty ones left out;
+    refused unless rehearsal rows are taught by KL."""
+    _write(tmp_path / "general.jsonl", ["Say hi.", "A dog?", "Nothing?"])
+    replay = {"rehearsal_prompts": "general.jsonl", "rehearsal_cut": "tokens"}
+    with pytest.raises(ValueError, match="distill_tasks"):
+        Settings.model_validate({"replay": replay})
+    settings = Settings.model_validate(
+        {"replay": replay, "train": {"sft": {"distill_tasks": ["rehearsal"]}}}
+    )
+    backend = Scripted(
+        {"Say hi.": "Hi there, how are", "A dog?": "A dog is a pet. It", "Nothing?": " "}
+    )
+    result = ensure_rehearsal(
+        db_engine, Home(tmp_path), settings, lambda: backend, say=lambda _: None
+    )
+    assert result is not None and (result.asked, result.kept) == (3, 2)
+    with session_scope(db_engine) as s:
+        payloads = s.execute(select(ReplayItem.payload)).scalars().all()
+    answers = {p["messages"][-1]["content"] for p in payloads}
+    assert answers == {"Hi there, how are", "A dog is a pet. It"}
+
+
 def test_off_by_default_and_bad_lines_are_named(db_engine: Engine, tmp_path: Path) -> None:
     home = Home(tmp_path)
     assert ensure_rehearsal(db_engine, home, Settings(), lambda: Scripted({})) is None
