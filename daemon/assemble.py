@@ -12,6 +12,7 @@ The curriculum's inputs are measured in `daemon/stage_choice.py`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from collections import Counter
@@ -230,7 +231,8 @@ def assemble(
     (`grader_of(task)`), which the RL stage's reward reads. With `rehearsal_share` > 0 an
     SFT dataset's rehearsal rows (task `REHEARSAL`) are not part of the stratified sample:
     they are drawn on top of it, to make that share of the whole dataset, so rehearsal keeps
-    its weight however many tasks the replay is spread over."""
+    its weight however many tasks the replay is spread over; when the buffer holds fewer
+    rehearsal rows than that, they are repeated."""
     kind = STAGE_KIND[stage]
     fresh, dropped = _without_heldout(fresh, heldout, lambda r: r.row)
     k = replay_count(len(fresh), ratio)
@@ -242,7 +244,8 @@ def assemble(
             else []
         )
         r = replay_count(len(fresh) + len(replayed), rehearsal_share)
-        replayed += sample(engine, kind, r, seed=seed, tasks=[REHEARSAL]) if r else []
+        rehearsal = sample(engine, kind, r, seed=seed, tasks=[REHEARSAL]) if r else []
+        replayed += list(itertools.islice(itertools.cycle(rehearsal), r))  # repeated if short
     else:
         replayed = sample(engine, kind, k, policy="stratified", seed=seed) if k else []
     replayed, dropped_replay = _without_heldout(replayed, heldout, lambda r: r.payload)

@@ -98,8 +98,8 @@ class ReplaySettings(BaseModel):
         description=(
             "Share of each SFT dataset that is rehearsal rows (rehearsal_prompts), drawn on "
             "top of the replay sample, which then leaves them out: rehearsal keeps its weight "
-            "however many tasks the replay is spread over. 0: rehearsal rows are replayed "
-            "like any task's."
+            "however many tasks the replay is spread over (repeated when the buffer holds "
+            "fewer). 0: rehearsal rows are replayed like any task's."
         ),
     )
     capacity: int = Field(

@@ -4,6 +4,7 @@ come from the database above the watermarks."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -90,6 +91,11 @@ def test_rehearsal_share_holds_however_many_tasks_are_replayed(
     assert build("plain", 0.0) == {"add": 30, "sub": 30, "mul": 30, "rehearsal": 30}
     # With its own share it is still half the dataset, on top of the other tasks' replay.
     assert build("share", 0.5) == {"add": 40, "sub": 40, "mul": 40, "rehearsal": 240}
+    # A share the buffer's 500 rehearsal rows cannot fill: each is repeated, none left out.
+    assert build("repeated", 0.8) == {"add": 40, "sub": 40, "mul": 40, "rehearsal": 960}
+    rows = [json.loads(r) for r in (tmp_path / "repeated" / "train.jsonl").read_text().splitlines()]
+    seen = Counter(row["i"] for row in rows if set(row) == {"i"})  # the rehearsal rows
+    assert len(seen) == 500 and set(seen.values()) == {1, 2}
 
 
 def test_fresh_rows_from_the_database_respect_watermarks(db_engine: Engine) -> None:
