@@ -44,7 +44,16 @@ CONFIG = {
     "judge": {"max_new_tokens": 12, "pointwise_template": COMPACT_POINTWISE_TEMPLATE},
     "synth": {"prompts": 6, "n": 2, "max_new_tokens": 8},
     "gate": {"max_items": 16, "tolerance": 1.0},
-    "train": {"sft": {"max_steps": 3, "per_device_batch_size": 4, "learning_rate": 0.001}},
+    "train": {
+        "sft": {
+            "max_steps": 3,
+            "per_device_batch_size": 4,
+            "learning_rate": 0.001,
+            # As the real-model demo trains: chats end to end, the system prompt shared.
+            "padding_free": True,
+            "share_prefix": True,
+        }
+    },
     "tasks": {
         "sum2": {"grader": "exact", "prompts": "sum2.jsonl", "max_new_tokens": 6},
         "retention": {
