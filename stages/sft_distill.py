@@ -132,10 +132,8 @@ def row_weights(labels: torch.Tensor, position_ids: torch.Tensor | None) -> torc
     targets = labels[:, 1:] != -100
     if position_ids is None:
         owner = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)
-    else:  # a chat starts where the position does not follow the one before
-        starts = torch.ones_like(position_ids, dtype=torch.bool)
-        starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-        owner = (starts.cumsum(-1) - 1)[:, 1:]
+    else:
+        owner = (sft_prefix.chat_starts(position_ids).cumsum(-1) - 1)[:, 1:]
     counts = torch.bincount(owner[targets], minlength=int(owner.max()) + 1)
     chats = (counts > 0).sum().clamp(min=1)
     return targets * (1.0 / counts.clamp(min=1))[owner] / chats

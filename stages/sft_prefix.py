@@ -36,13 +36,18 @@ SPREAD = ("labels", "distill")
 """Per-token columns cut like the `input_ids`."""
 
 
+def chat_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    """Per token of padding-free rows (shaped like `position_ids`), whether a chat starts
+    there: where its position is not one more than the token before's (0, or after a shared
+    prefix the prefix's length)."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[..., 1:] = position_ids[..., 1:] != position_ids[..., :-1] + 1
+    return starts
+
+
 def chat_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
-    """(start, end) of each chat in a padding-free row: a chat starts where its position is
-    not one more than the token before's."""
-    positions = position_ids[0]
-    starts = torch.ones_like(positions, dtype=torch.bool)
-    starts[1:] = positions[1:] != positions[:-1] + 1
-    edges = [*starts.nonzero().flatten().tolist(), positions.numel()]
+    """(start, end) of each chat in a padding-free row (`chat_starts`)."""
+    edges = [*chat_starts(position_ids[0]).nonzero().flatten().tolist(), position_ids.shape[1]]
     return list(itertools.pairwise(edges))
 
 
