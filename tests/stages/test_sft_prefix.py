@@ -11,16 +11,17 @@ import torch
 from stages import sft
 from stages.configs import SFTStageConfig
 from stages.sft_prefix import MASK, PREFIX, chat_bounds, share_prefix
-from tests.stages.test_stage_support import adapter_weights, make_world, sft_config, sft_rows
+from tests.stages.test_sft_distill import off_the_base, rows_with_tasks
+from tests.stages.test_stage_support import adapter_weights, make_world, sft_config
 
 SYSTEM = {"role": "system", "content": "You are a careful calculator."}
 
 
 def rows_with_system(tasks: list[str]) -> list[dict[str, object]]:
-    rows = sft_rows(len(tasks))
+    """`rows_with_tasks`, each chat opening with the same system turn."""
     return [
-        {**row, "messages": [SYSTEM, *row["messages"]], "task": task}  # type: ignore[list-item]
-        for row, task in zip(rows, tasks, strict=True)
+        {**row, "messages": [SYSTEM, *row["messages"]]}  # type: ignore[list-item]
+        for row in rows_with_tasks(tasks)
     ]
 
 
@@ -93,8 +94,6 @@ def test_shared_batches_give_the_unshared_loss_and_gradients(
 ) -> None:
     """The same chats with and without the shared prefix: the same loss (cross-entropy, KL,
     chats averaged or tokens) and the same gradient on every trained weight."""
-    from tests.stages.test_sft_distill import off_the_base
-
     common = {"train": "system", "padding_free": True, "distill_tasks": distill_tasks}
     common["loss_average"] = loss_average
     session = sft.setup(sft_config(world, tmp_path / "shared", share_prefix=True, **common))
