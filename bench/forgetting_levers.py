@@ -82,14 +82,15 @@ def _answers(backend: Any, rows: list[Question], params: Any, adapter: Any = Non
 
 
 def _gate_runs(home: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The retention task of the gate's two cached runs: (production, candidate)."""
-    runs = [json.loads(p.read_text()) for p in (home / "evals" / "cache").glob("*.json")]
-    tasks = [next(t for name, t in r["tasks"].items() if "retention" in name) for r in runs]
+    """The retention task's results of the gate's two runs, from its per-task cache
+    (`evals.cache`): (production, the base; candidate)."""
+    entries = [json.loads(p.read_text()) for p in (home / "evals" / "cache").glob("*.json")]
+    tasks = [e for e in entries if "retention" in e["result"]["task"]]
     if len(tasks) != 2:
-        raise SystemExit(f"expected the gate's 2 cached runs in {home}/evals/cache")
-    production = next(t for r, t in zip(runs, tasks, strict=True) if r["adapter_name"] is None)
-    candidate = next(t for t in tasks if t is not production)
-    return production, candidate
+        raise SystemExit(f"expected the retention results of 2 runs in {home}/evals/cache")
+    production = next(e for e in tasks if e["about"]["adapter_hash"] == "base")
+    candidate = next(e for e in tasks if e is not production)
+    return production["result"], candidate["result"]
 
 
 def robust(home: Path, samples: int) -> None:

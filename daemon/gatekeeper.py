@@ -1,10 +1,10 @@
 """The gate step of a cycle: evaluate production and candidate with lm-eval, decide, record.
 
 It builds the regression suite (held-out items of every live task plus the user's own
-lm-eval tasks), evaluates production (from the cache when nothing
-changed) and the candidate through `evals.run.evaluate`, applies `evals.gate.gate`, and
-stores both evaluations and the decision in one transaction. The statistics are in
-`evals/`.
+lm-eval tasks), evaluates production (each task from the cache when nothing that defines
+its results changed) and the candidate through `evals.run.evaluate`, applies
+`evals.gate.gate`, and stores both evaluations and the decision in one transaction. The
+statistics are in `evals/`.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 one `TaskScore` per task), as frozen records with a JSON round trip.
 
 An `Evaluation` holds, per task, lm-eval's aggregate score, its stderr, n, and the per-item
-scores and responses keyed by a stable item id, plus the parts of its cache key (base model
-fingerprint, adapter content hash, suite hash, settings hash).
+scores and responses keyed by a stable item id (a `TaskScore`: what `evals.cache` stores per
+task), plus what identifies it (base model fingerprint, adapter content hash, suite hash,
+settings hash).
 
 It does not run lm-eval (`evals.run`), compute cache keys or store runs (`evals.cache`), or
 compare runs (`evals.gate`).
@@ -139,9 +140,12 @@ class Evaluation:
     """One evaluation of one policy (a base model, optionally with an adapter) on a suite.
 
     adapter_name / adapter_hash: the adapter's served name and content hash ("base" for none).
-    base_fingerprint, suite_hash, settings_hash: the other parts of the cache key.
+    base_fingerprint, settings_hash: with each task's hash, the parts of its cache key.
+    suite_hash: the whole suite's hash (`evals.tasks.SuiteSpec.hash`).
     tasks: task name -> `TaskScore`, in the suite's order.
-    from_cache: True when `evaluate` returned it from an `EvalCache` without running lm-eval.
+    seconds: how long lm-eval ran for it (0 when every task came from the cache).
+    from_cache: True when `evaluate` took every task from an `EvalCache` without running
+        lm-eval.
     """
 
     base_model: str

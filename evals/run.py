@@ -7,8 +7,10 @@ lora_local_path=ADAPTER, max_lora_rank=R`, which makes lm-eval start vLLM with
 `enable_lora=True`), with `log_samples=True`, and turns lm-eval's output into an
 `evals.evaluation.Evaluation`: per task the score, its stderr, n, and the per-item scores (0/1
 for the arith tasks) and responses keyed by a stable item id (the document's `id` field, else
-lm-eval's `doc_hash`). With an `evals.cache.EvalCache` it returns a run with the same key
-from the cache instead of running lm-eval.
+lm-eval's `doc_hash`). With an `evals.cache.EvalCache` it looks each task up by its own key
+(base, adapter, task hash, settings), runs lm-eval once on the tasks that missed, stores each
+of their results under its key, and returns one `Evaluation` of the whole suite, so that a
+task added to a suite costs an evaluation of that task alone.
 
 It does not define the result records (`evals.evaluation`) or the cache (`evals.cache`),
 does not compare runs or decide promotions (`evals.gate`), and never touches the database
@@ -20,20 +22,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from evals.cache import (
+    CachedTask,
     EvalCache,
     adapter_hash,
     base_fingerprint,
-    cache_key,
     library_version,
     on_gpu,
     settings_hash,
+    task_keys,
 )
 from evals.evaluation import Backend, EvalSettings, Evaluation, TaskScore
 from evals.tasks import SuiteSpec, SuiteTask
@@ -206,37 +208,16 @@ def _task_score(task: SuiteTask, results: Mapping[str, Any]) -> TaskScore:
     )
 
 
-def evaluate(
-    base_model: str | Path,
+def _run_lm_eval(
+    base: str,
     adapter: AdapterRef | None,
     suite: SuiteSpec,
-    *,
-    backend: Backend = "hf",
-    settings: EvalSettings | None = None,
-    cache: EvalCache | None = None,
-) -> Evaluation:
-    """Evaluate base + `adapter` (or the base alone) on `suite` with lm-eval.
-
-    With a `cache`, a run with the same base fingerprint, adapter content, suite hash and
-    settings hash is returned from it (`from_cache=True`) without calling lm-eval, and a
-    fresh run is stored in it. `HF_HUB_OFFLINE` / `HF_DATASETS_OFFLINE` default to 1: the
-    suite's data is local. An adapter folder with pickle-based weights, or none in
-    safetensors, is refused (`stages.registry.check_weights`) before anything runs.
-    """
-    if adapter is not None:
-        registry.check_weights(adapter.path)  # lm-eval's loaders would read a pickle
-    settings = settings or EvalSettings()
-    base = str(base_model)
-    base_fp = base_fingerprint(base)
-    adapter_fp = adapter_hash(adapter)
-    s_hash = settings_hash(settings, backend)
-    key = cache_key(base_fp, adapter_fp, suite.hash, s_hash)
-    if cache is not None:
-        hit = cache.get(key)
-        if hit is not None:
-            log.info("eval of %s on suite %s: from cache", adapter_fp[:12], suite.hash[:12])
-            return replace(hit, from_cache=True, adapter_name=adapter.name if adapter else None)
-
+    tasks: Sequence[SuiteTask],
+    backend: Backend,
+    settings: EvalSettings,
+) -> tuple[dict[str, TaskScore], datetime, float]:
+    """One `lm_eval.simple_evaluate` run on `tasks` (of `suite`): their results, the run's
+    start and its duration in seconds."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import lm_eval
@@ -248,12 +229,12 @@ def evaluate(
         include_defaults=suite.include_defaults,
     )
     args = model_args(base, adapter, backend, settings)
-    log.info("lm-eval %s model_args=%s tasks=%s", backend, args, list(suite.task_names))
+    log.info("lm-eval %s model_args=%s tasks=%s", backend, args, [t.name for t in tasks])
     lm = _make_lm(backend, args)
     try:
         results = lm_eval.simple_evaluate(
             model=lm,
-            tasks=list(suite.task_names),
+            tasks=[t.name for t in tasks],
             task_manager=manager,
             log_samples=True,
             apply_chat_template=settings.apply_chat_template,
@@ -270,6 +251,49 @@ def evaluate(
     if results is None:  # not rank 0 of a distributed run
         raise RuntimeError("lm-eval returned no results (not the main process?)")
     seconds = (datetime.now(UTC) - started).total_seconds()
+    return {t.name: _task_score(t, results) for t in tasks}, started, seconds
+
+
+def evaluate(
+    base_model: str | Path,
+    adapter: AdapterRef | None,
+    suite: SuiteSpec,
+    *,
+    backend: Backend = "hf",
+    settings: EvalSettings | None = None,
+    cache: EvalCache | None = None,
+) -> Evaluation:
+    """Evaluate base + `adapter` (or the base alone) on `suite` with lm-eval.
+
+    With a `cache`, each task's results are looked up under their own key (base
+    fingerprint, adapter content, the task's hash `SuiteSpec.task_hash`, settings hash);
+    lm-eval runs once, on the tasks that missed only, and their results are stored. The
+    `Evaluation` covers the whole suite either way: `from_cache` when every task came from
+    the cache, `seconds` the fresh run's (0 when there was none). Without a cache, one lm-eval
+    run over every task. `HF_HUB_OFFLINE` / `HF_DATASETS_OFFLINE` default to 1: the suite's
+    data is local. An adapter folder with pickle-based weights, or none in safetensors, is
+    refused (`stages.registry.check_weights`) before anything runs.
+    """
+    if adapter is not None:
+        registry.check_weights(adapter.path)  # lm-eval's loaders would read a pickle
+    settings = settings or EvalSettings()
+    base = str(base_model)
+    base_fp, adapter_fp = base_fingerprint(base), adapter_hash(adapter)
+    s_hash = settings_hash(settings, backend)
+    keys = task_keys(suite, base_fp, adapter_fp, s_hash)
+    name = adapter.name if adapter else "base"
+    cached = _lookup(cache, keys, suite, name)
+    missing = [t for t in suite.tasks if t.name not in cached]
+    fresh: dict[str, TaskScore] = {}
+    seconds = 0.0
+    created_at = max((c.created_at for c in cached.values()), default=_now())
+    if missing:
+        fresh, started, seconds = _run_lm_eval(base, adapter, suite, missing, backend, settings)
+        created_at = started.isoformat()
+        if cache is not None:
+            about = {"base_fingerprint": base_fp, "adapter_hash": adapter_fp}
+            about |= {"settings_hash": s_hash, "backend": backend}
+            _store(cache, suite, keys, fresh, created_at, about)
     run = Evaluation(
         base_model=base,
         adapter_name=adapter.name if adapter else None,
@@ -278,18 +302,50 @@ def evaluate(
         suite_hash=suite.hash,
         settings_hash=s_hash,
         backend=backend,
-        tasks={t.name: _task_score(t, results) for t in suite.tasks},
+        tasks={t.name: fresh.get(t.name) or cached[t.name].result for t in suite.tasks},
         lm_eval_version=library_version("lm_eval"),
-        created_at=started.isoformat(),
+        created_at=created_at,
         seconds=seconds,
+        from_cache=not missing,
     )
-    log.info(
-        "eval of %s on suite %s in %.1fs: %s",
-        run.adapter_name or "base",
-        suite.hash[:12],
-        seconds,
-        ", ".join(f"{n}={t.score:.3f} (n={t.n})" for n, t in run.tasks.items()),
-    )
-    if cache is not None:
-        cache.put(key, run)
+    log.info("eval of %s on suite %s in %.1fs: %s", name, suite.hash[:12], seconds, _scores(run))
     return run
+
+
+def _lookup(
+    cache: EvalCache | None, keys: Mapping[str, str], suite: SuiteSpec, who: str
+) -> dict[str, CachedTask]:
+    """The tasks whose results the cache holds (none without a cache), logged."""
+    if cache is None:
+        return {}
+    cached = cache.get_many(keys)
+    log.info(
+        "eval of %s on suite %s: from the cache: %s; to run: %s",
+        who,
+        suite.hash[:12],
+        ", ".join(cached) or "none",
+        ", ".join(n for n in suite.task_names if n not in cached) or "none",
+    )
+    return cached
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _store(
+    cache: EvalCache,
+    suite: SuiteSpec,
+    keys: Mapping[str, str],
+    fresh: Mapping[str, TaskScore],
+    created_at: str,
+    about: Mapping[str, Any],
+) -> None:
+    """Store each freshly run task's results under its own key."""
+    for task, result in fresh.items():
+        entry = CachedTask(result=result, created_at=created_at)
+        cache.put(keys[task], entry, {**about, "task_hash": suite.task_hash(task)})
+
+
+def _scores(run: Evaluation) -> str:
+    return ", ".join(f"{n}={t.score:.3f} (n={t.n})" for n, t in run.tasks.items())

@@ -12,7 +12,10 @@ tokenizer's end-of-sequence token (lm-eval adds it) and writes at most the task'
 lm-eval task folders (include paths + task names) join the same suite. The folder is written
 atomically and described by a `SuiteSpec` whose `hash` is a content hash of everything that
 defines the suite (task YAML, data, scoring code, graders, user folders), independent of
-where the folder lies: the key under which `evals.run.EvalCache` stores results.
+where the folder lies, and per task (`SuiteSpec.task_hash`) a hash of what defines that
+task's results alone (its `SuiteTask` fields, YAML, data and grader, plus what every task
+depends on: scoring code, user folders, `include_defaults`): the key under which
+`evals.cache.EvalCache` stores that task's results.
 
 It does not run lm-eval (see `evals.run`) and does not decide anything (see `evals.gate`).
 """
@@ -37,7 +40,8 @@ from stages.atomic import fsync_dir
 
 log = logging.getLogger(__name__)
 
-SUITE_FORMAT = 2
+SUITE_FORMAT = 3
+"""3: per-task hashes (`SuiteSpec.task_hashes`); it is part of every hash."""
 SUITE_FILE = "suite.json"
 METRIC_MODULE = "tutord_metric"
 """The metric module's file stem inside a suite folder (`!function` resolves it there)."""
@@ -115,6 +119,8 @@ class SuiteSpec:
     hash: sha256 over the suite's defining content (not its location).
     include_defaults: whether lm-eval's built-in tasks are indexed too (needed only when a
         user task is one of them; indexing them costs seconds).
+    task_hashes: per task, in the order of `tasks`, sha256 of what defines its results
+        (`task_hashes`); empty when unknown (then `task_hash` falls back to `hash`).
     """
 
     root: Path | None
@@ -122,12 +128,16 @@ class SuiteSpec:
     tasks: tuple[SuiteTask, ...]
     hash: str
     include_defaults: bool = False
+    task_hashes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate task names in suite: {names}")
+        if self.task_hashes and len(self.task_hashes) != len(self.tasks):
+            raise ValueError(f"{len(self.task_hashes)} task hashes for {len(self.tasks)} tasks")
         object.__setattr__(self, "include_paths", tuple(Path(p) for p in self.include_paths))
+        object.__setattr__(self, "task_hashes", tuple(str(h) for h in self.task_hashes))
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -139,6 +149,14 @@ class SuiteSpec:
                 return t
         raise KeyError(f"no task {name!r} in suite; tasks: {', '.join(self.task_names)}")
 
+    def task_hash(self, name: str) -> str:
+        """sha256 of what defines task `name`'s results; for a suite without `task_hashes`
+        (built by hand), one made of the whole suite's hash and the name."""
+        index = self.task_names.index(self.task(name).name)
+        return (
+            self.task_hashes[index] if self.task_hashes else _sha256(f"{self.hash}/{name}".encode())
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": SUITE_FORMAT,
@@ -147,6 +165,7 @@ class SuiteSpec:
             "tasks": [t.to_dict() for t in self.tasks],
             "hash": self.hash,
             "include_defaults": self.include_defaults,
+            "task_hashes": list(self.task_hashes),
         }
 
     @classmethod
@@ -157,6 +176,7 @@ class SuiteSpec:
             tasks=tuple(SuiteTask.from_dict(t) for t in data["tasks"]),
             hash=str(data["hash"]),
             include_defaults=bool(data.get("include_defaults", False)),
+            task_hashes=tuple(data.get("task_hashes") or ()),
         )
 
 
@@ -288,31 +308,52 @@ def _check_user_tasks(
         )
 
 
-def suite_hash(
-    own: Sequence[_TaskFiles],
-    user_paths: Sequence[Path],
-    user_tasks: Sequence[SuiteTask],
-    include_defaults: bool,
-) -> str:
-    """sha256 of the canonical description of a suite (no absolute paths in it)."""
-    description = {
+def shared_description(user_paths: Sequence[Path], include_defaults: bool) -> dict[str, Any]:
+    """What every task's results depend on besides its own files: the suite format, the
+    metric module, the user's task folders, in order (lm-eval indexes all of them for every
+    task; which files define a user task cannot be told from outside) and whether lm-eval's
+    built-in tasks are indexed. No absolute paths."""
+    return {
         "format": SUITE_FORMAT,
         "metric_source": _sha256(METRIC_SOURCE.encode("utf-8")),
-        "tasks": [
-            {
-                "name": t.name,
-                "grader": t.grader,
-                "yaml": _sha256(t.yaml_template.encode("utf-8")),
-                "data": _sha256(t.data),
-            }
-            for t in own
-        ],
         "user_folders": [_folder_digest(p) for p in user_paths],
-        "user_tasks": [t.to_dict() for t in user_tasks],
         "include_defaults": include_defaults,
     }
-    canonical = json.dumps(description, sort_keys=True, separators=(",", ":"))
-    return _sha256(canonical.encode("utf-8"))
+
+
+def _own_files(t: _TaskFiles) -> dict[str, str]:
+    yaml = _sha256(t.yaml_template.encode("utf-8"))
+    return {"name": t.name, "grader": t.grader, "yaml": yaml, "data": _sha256(t.data)}
+
+
+def _digest(description: dict[str, Any]) -> str:
+    return _sha256(json.dumps(description, sort_keys=True, separators=(",", ":")).encode())
+
+
+def suite_hash(
+    own: Sequence[_TaskFiles], user_tasks: Sequence[SuiteTask], shared: dict[str, Any]
+) -> str:
+    """sha256 of the canonical description of a suite (`shared` is `shared_description`)."""
+    own_files = [_own_files(t) for t in own]
+    return _digest({**shared, "tasks": own_files, "user_tasks": [t.to_dict() for t in user_tasks]})
+
+
+def task_hashes(
+    own: Sequence[_TaskFiles], user_tasks: Sequence[SuiteTask], shared: dict[str, Any]
+) -> tuple[str, ...]:
+    """Per task (own tasks, then user tasks), sha256 of what defines its results: `shared`,
+    its `SuiteTask` fields and, for an own task, its YAML, data and grader. A task's hash
+    does not depend on the other tasks of the suite."""
+    own_hashes = [
+        _digest({**shared, "kind": "task", "spec": _spec(t).to_dict(), "files": _own_files(t)})
+        for t in own
+    ]
+    user_hashes = [_digest({**shared, "kind": "task", "spec": t.to_dict()}) for t in user_tasks]
+    return (*own_hashes, *user_hashes)
+
+
+def _spec(t: _TaskFiles) -> SuiteTask:
+    return SuiteTask(name=t.name, task=t.task, n_items=t.n_items)
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -377,15 +418,17 @@ def write_suite(
     if user and not user_paths and not include_defaults:
         raise ValueError("user tasks need include_paths (or include_defaults for built-in tasks)")
     _check_user_tasks(user_paths, user, include_defaults)
-    digest = suite_hash(own, user_paths, user, include_defaults)
+    shared = shared_description(user_paths, include_defaults)
+    digest = suite_hash(own, user, shared)
 
-    specs = tuple(SuiteTask(name=t.name, task=t.task, n_items=t.n_items) for t in own) + user
+    specs = tuple(_spec(t) for t in own) + user
     spec = SuiteSpec(
         root=out_dir,
         include_paths=(out_dir, *user_paths),
         tasks=specs,
         hash=digest,
         include_defaults=include_defaults,
+        task_hashes=task_hashes(own, user, shared),
     )
 
     if (out_dir / SUITE_FILE).is_file():
@@ -442,10 +485,12 @@ def user_suite(
     if not user:
         raise ValueError("a suite needs at least one task")
     _check_user_tasks(paths, user, include_defaults)
+    shared = shared_description(paths, include_defaults)
     return SuiteSpec(
         root=None,
         include_paths=paths,
         tasks=user,
-        hash=suite_hash((), paths, user, include_defaults),
+        hash=suite_hash((), user, shared),
         include_defaults=include_defaults,
+        task_hashes=task_hashes((), user, shared),
     )

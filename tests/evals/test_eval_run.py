@@ -1,6 +1,7 @@
-"""Running suites through lm-eval: model_args, parsing of lm-eval's output, the cache of runs
-(fast, with lm-eval's entry point replaced by a fake), and the real thing end to end on the
-tiny world model with and without a LoRA adapter (slow)."""
+"""Running suites through lm-eval: model_args, parsing of lm-eval's output, the per-task cache
+of results (fast, with lm-eval's entry point replaced by a fake), and the real thing end to
+end on the tiny world model with and without a LoRA adapter, and with a task added to a
+cached suite (slow)."""
 
 from __future__ import annotations
 
@@ -14,24 +15,25 @@ from typing import Any
 
 import pytest
 
-from evals.cache import EvalCache, adapter_hash
-from evals.evaluation import EvalSettings, Evaluation
+from evals.cache import CachedTask, EvalCache, adapter_hash
+from evals.evaluation import EvalSettings, Evaluation, TaskScore
 from evals.gate import GateRules, gate
 from evals.run import evaluate, model_args
 from evals.tasks import SuiteSpec, write_suite
 from stages.generate.api import AdapterRef, SamplingParams
-from tests.task_support import arith
+from tests.task_support import arith, successor_task
 
 # -- a fake lm-eval --------------------------------------------------------------------------
 
 
 class FakeLmEval:
     """Stands in for `lm_eval.simple_evaluate`: scores every document of the suite's JSONL
-    files by a rule that depends on the adapter, and counts its calls."""
+    files by a rule that depends on the adapter, and records each call's adapter and tasks."""
 
     def __init__(self, suite: SuiteSpec) -> None:
         self.suite = suite
         self.calls: list[str | None] = []
+        self.tasks: list[list[str]] = []
 
     def make_lm(self, backend: str, args: dict[str, Any]) -> dict[str, Any]:
         return dict(args)
@@ -39,6 +41,7 @@ class FakeLmEval:
     def simple_evaluate(self, *, model: dict[str, Any], tasks: list[str], **_: Any) -> dict:
         adapter = model.get("peft")
         self.calls.append(adapter)
+        self.tasks.append(list(tasks))
         assert self.suite.root is not None
         out: dict[str, Any] = {"results": {}, "samples": {}}
         for task in tasks:
@@ -191,7 +194,7 @@ def test_second_gate_evaluates_only_the_candidate(
         world_model_dir, None, suite2, cache=cache, settings=EvalSettings(batch_size=3)
     ).from_cache
     assert len(fake.calls) == 5
-    assert len(list((tmp_path / "cache").glob("*.json"))) == 5
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 10  # one file per task and run
 
 
 def test_registry_manifest_drives_the_adapter_hash(tmp_path: Path, world_model_dir: Path) -> None:
@@ -216,14 +219,115 @@ def test_registry_manifest_drives_the_adapter_hash(tmp_path: Path, world_model_d
 
 def test_unreadable_cache_entries_are_misses(tmp_path: Path) -> None:
     cache = EvalCache(tmp_path)
-    key = "ab" * 32
+    key, other = "ab" * 32, "cd" * 32
     cache.path(key).write_text("{not json", encoding="utf-8")
-    assert cache.get(key) is None
+    assert cache.get(key, "t") is None
     cache.path(key).write_text('{"format": 99}', encoding="utf-8")
-    assert cache.get(key) is None
-    assert cache.get("cd" * 32) is None
+    assert cache.get(key, "t") is None
+    cache.path(key).write_text("[1, 2]", encoding="utf-8")
+    assert cache.get(key, "t") is None
+    assert cache.get(other, "t") is None
     with pytest.raises(ValueError):
         cache.path("../escape")
+
+    score = TaskScore("t", "exact_match", "none", 0.5, 0.1, 2, {"a": 1.0, "b": 0.0})
+    cache.put(key, CachedTask(score, "2026-01-01T00:00:00+00:00"))
+    assert cache.get(key, "t") == CachedTask(score, "2026-01-01T00:00:00+00:00")
+    assert cache.get(key, "u") is None  # another task's results
+    shutil.copy(cache.path(key), cache.path(other))
+    assert cache.get(other, "t") is None  # a file under another key than its own
+    # a whole suite's Evaluation, as the cache held them before (format 1), is a miss
+    old = Evaluation("m", None, "base", "b", "s", "x", "hf", {"t": score}, None, "now")
+    cache.path(key).write_text(json.dumps(old.to_dict()), encoding="utf-8")
+    assert cache.get(key, "t") is None
+
+
+# -- the per-task cache ----------------------------------------------------------------------
+
+
+def test_a_task_added_to_the_suite_is_the_only_one_run(
+    tmp_path: Path, world_model_dir: Path, fake_lm_eval: Callable[[SuiteSpec], FakeLmEval]
+) -> None:
+    """The demo's second cycle: the suite gains a task; production's results on the others
+    come from the cache, lm-eval runs on the new task alone, and the combined evaluation is
+    what an uncached run of the whole suite gives, down to the gate's decision."""
+    root = tmp_path / "suite"
+    first = write_suite(root, arith("add", "sub"), 9)
+    fake = fake_lm_eval(first)
+    cache = EvalCache(tmp_path / "cache")
+    v1 = AdapterRef("v1", fake_adapter(tmp_path / "v1", b"one"))
+    evaluate(world_model_dir, None, first, cache=cache)
+    evaluate(world_model_dir, v1, first, cache=cache)
+    assert fake.tasks == [["tutord_add", "tutord_sub"]] * 2
+
+    grown = write_suite(root, arith("add", "sub", "mul"), 9)
+    fake.suite = grown
+    assert grown.hash != first.hash
+    prod = evaluate(world_model_dir, v1, grown, cache=cache)
+    assert fake.tasks[2:] == [["tutord_mul"]] and fake.calls[2] == str(v1.path)
+    assert not prod.from_cache and prod.suite_hash == grown.hash
+    assert list(prod.tasks) == ["tutord_add", "tutord_sub", "tutord_mul"]
+    assert prod.seconds is not None and prod.seconds >= 0.0
+
+    uncached = evaluate(world_model_dir, v1, grown)  # no cache: one run of every task
+    assert fake.tasks[3] == ["tutord_add", "tutord_sub", "tutord_mul"]
+    assert prod.tasks == uncached.tasks and prod.scores == uncached.scores
+    for name in grown.task_names:
+        assert prod.tasks[name].items == uncached.tasks[name].items
+        assert prod.tasks[name].responses == uncached.tasks[name].responses
+    candidate = evaluate(world_model_dir, None, grown, cache=cache)
+    assert fake.tasks[4] == ["tutord_mul"]
+    rules = GateRules(block_unseen=False)
+    assert gate(prod, candidate, rules).to_dict() == gate(uncached, candidate, rules).to_dict()
+
+    again = evaluate(world_model_dir, v1, grown, cache=cache)
+    assert len(fake.tasks) == 5 and again.from_cache and again.seconds == 0.0
+    assert again.tasks == uncached.tasks and again.adapter_name == "v1"
+    # a suite of one task alone reuses that task's results (the anchored base run)
+    alone = write_suite(tmp_path / "alone", arith("sub"), 9)
+    assert evaluate(world_model_dir, None, alone, cache=cache).from_cache
+    assert len(fake.tasks) == 5
+
+
+def test_changed_data_of_one_task_reruns_that_task_only(
+    tmp_path: Path, world_model_dir: Path, fake_lm_eval: Callable[[SuiteSpec], FakeLmEval]
+) -> None:
+    root = tmp_path / "suite"
+    items = [(f"What follows {i}?", str(i + 1)) for i in range(5)]
+    first = write_suite(root, [*arith("add"), successor_task(items)], 6)
+    fake = fake_lm_eval(first)
+    cache = EvalCache(tmp_path / "cache")
+    evaluate(world_model_dir, None, first, cache=cache)
+    changed = write_suite(root, [*arith("add"), successor_task(items[:4])], 6)
+    fake.suite = changed
+    assert changed.task_hash("tutord_add") == first.task_hash("tutord_add")
+    assert changed.task_hash("tutord_successor") != first.task_hash("tutord_successor")
+    run = evaluate(world_model_dir, None, changed, cache=cache)
+    assert fake.tasks == [["tutord_add", "tutord_successor"], ["tutord_successor"]]
+    assert run.tasks["tutord_successor"].n == 4 and run.tasks["tutord_add"].n == 6
+    assert run.tasks == evaluate(world_model_dir, None, changed).tasks
+
+
+def test_another_adapter_base_or_settings_misses_every_task(
+    tmp_path: Path, world_model_dir: Path, fake_lm_eval: Callable[[SuiteSpec], FakeLmEval]
+) -> None:
+    suite = write_suite(tmp_path / "suite", arith("add", "sub"), 5)
+    fake = fake_lm_eval(suite)
+    cache = EvalCache(tmp_path / "cache")
+    v1 = AdapterRef("v1", fake_adapter(tmp_path / "v1", b"one"))
+    v2 = AdapterRef("v2", fake_adapter(tmp_path / "v2", b"two"))
+    evaluate(world_model_dir, v1, suite, cache=cache)
+    assert not evaluate(world_model_dir, v2, suite, cache=cache).from_cache
+    assert not evaluate(world_model_dir, None, suite, cache=cache).from_cache
+    other = EvalSettings(batch_size=3)
+    assert not evaluate(world_model_dir, v1, suite, cache=cache, settings=other).from_cache
+    other_base = shutil.copytree(world_model_dir, tmp_path / "other-base")
+    (other_base / "config.json").write_text(
+        (other_base / "config.json").read_text().replace("{", '{"note": 1, ', 1)
+    )
+    assert not evaluate(other_base, v1, suite, cache=cache).from_cache
+    assert fake.tasks == [["tutord_add", "tutord_sub"]] * 5
+    assert evaluate(world_model_dir, v1, suite, cache=cache, settings=other).from_cache
 
 
 # -- slow: the real lm-eval ------------------------------------------------------------------
@@ -235,9 +339,11 @@ class CountingSimpleEvaluate:
 
         self.real = lm_eval.simple_evaluate
         self.calls = 0
+        self.tasks: list[list[str]] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
+        self.tasks.append(list(kwargs["tasks"]))
         return self.real(*args, **kwargs)
 
 
@@ -316,6 +422,32 @@ def test_lm_eval_end_to_end_on_the_tiny_model(
     assert again.tasks == base_run.tasks
     result = gate(again, adapted, GateRules())
     assert {t.task for t in result.tasks} == set(suite.task_names)
+
+
+@pytest.mark.slow
+def test_real_lm_eval_runs_only_a_task_added_to_a_cached_suite(
+    tmp_path: Path,
+    world_model_dir: Path,
+    world_adapter: AdapterRef,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """lm-eval is asked for the new task alone, and the evaluation made of cached and fresh
+    tasks equals one run of the whole suite: the same scores, items and responses."""
+    import lm_eval
+
+    counter = CountingSimpleEvaluate()
+    monkeypatch.setattr(lm_eval, "simple_evaluate", counter)
+    settings = EvalSettings(batch_size=8, device="cpu")
+    cache = EvalCache(tmp_path / "cache")
+    first = write_suite(tmp_path / "suite", arith("add", "sub"), 6, max_gen_toks=8)
+    evaluate(world_model_dir, world_adapter, first, settings=settings, cache=cache)
+    grown = write_suite(tmp_path / "suite", arith("add", "sub", "mul"), 6, max_gen_toks=8)
+    combined = evaluate(world_model_dir, world_adapter, grown, settings=settings, cache=cache)
+    assert counter.tasks == [["tutord_add", "tutord_sub"], ["tutord_mul"]]
+    assert not combined.from_cache and list(combined.tasks) == list(grown.task_names)
+    whole = evaluate(world_model_dir, world_adapter, grown, settings=settings)
+    assert counter.tasks[2] == list(grown.task_names)
+    assert combined.tasks == whole.tasks
 
 
 def _vllm_missing() -> str | None:

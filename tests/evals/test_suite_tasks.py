@@ -1,9 +1,11 @@
-"""The suite writer: held-out items only, stable ids and hashes, atomic and idempotent writes,
-user task folders, and a metric that grades each item with its task's own grader, 0/1."""
+"""The suite writer: held-out items only, stable ids, suite and per-task hashes, atomic and
+idempotent writes, user task folders, and a metric that grades each item with its task's
+own grader, 0/1."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -11,6 +13,7 @@ import pytest
 
 from evals.tasks import (
     METRIC_MODULE,
+    SuiteSpec,
     SuiteTask,
     read_suite,
     user_suite,
@@ -82,6 +85,50 @@ def test_rewrite_is_idempotent_and_replaces_changes(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["suite"]
 
 
+def test_task_hashes_cover_each_task_alone(tmp_path: Path) -> None:
+    """A task's hash (the key of its cached results) is its own content: not the suite's
+    location nor its other tasks, so adding a task or changing another task's data keeps it."""
+    pair = write_suite(tmp_path / "a", arith("add", "sub"), 10)
+    grown = write_suite(tmp_path / "b", arith("add", "sub", "mul"), 10)
+    alone = write_suite(tmp_path / "c", arith("sub"), 10)
+    assert grown.hash != pair.hash
+    assert [grown.task_hash(n) for n in pair.task_names] == list(pair.task_hashes)
+    assert alone.task_hash("tutord_sub") == pair.task_hash("tutord_sub")
+    assert len(set(grown.task_hashes)) == 3 and grown.hash not in grown.task_hashes
+    assert read_suite(tmp_path / "b").task_hashes == grown.task_hashes
+    for other in (
+        write_suite(tmp_path / "d", arith("add", "sub"), 11),  # other items
+        write_suite(tmp_path / "e", arith("add", "sub"), 10, seed=1),
+        write_suite(tmp_path / "f", arith("add", "sub"), 10, max_gen_toks=8),
+        write_suite(tmp_path / "g", arith("add", "sub"), 10, prefix="mine"),
+    ):
+        assert not set(other.task_hashes) & set(pair.task_hashes)
+
+    items = [(f"What follows {i}?", str(i + 1)) for i in range(4)]
+    before = write_suite(tmp_path / "h", [*arith("add"), successor_task(items)], 10)
+    after = write_suite(tmp_path / "h", [*arith("add"), successor_task(items[:3])], 10)
+    assert after.task_hash("tutord_add") == before.task_hash("tutord_add")
+    assert after.task_hash("tutord_successor") != before.task_hash("tutord_successor")
+    with pytest.raises(KeyError):
+        pair.task_hash("tutord_mul")
+
+
+def test_a_suite_without_task_hashes_keys_tasks_by_the_whole_suite(tmp_path: Path) -> None:
+    """A suite built by hand, or read from an older suite.json, has no per-task hashes:
+    each task's key then rests on the whole suite's hash, so nothing unvouched is reused."""
+    spec = write_suite(tmp_path / "s", arith("add", "sub"), 5)
+    data = spec.to_dict()
+    del data["task_hashes"]
+    bare = SuiteSpec.from_dict(data)
+    assert bare.task_hashes == ()
+    assert bare.task_hash("tutord_add") not in spec.task_hashes
+    assert bare.task_hash("tutord_add") != bare.task_hash("tutord_sub")
+    other = replace(bare, hash="0" * 64)
+    assert other.task_hash("tutord_add") != bare.task_hash("tutord_add")
+    with pytest.raises(ValueError, match="task hashes"):
+        replace(spec, task_hashes=spec.task_hashes[:1])
+
+
 def test_user_tasks_join_the_suite(tmp_path: Path, user_tasks_dir: Path) -> None:
     user = user_tasks_dir
     spec = write_suite(
@@ -96,6 +143,20 @@ def test_user_tasks_join_the_suite(tmp_path: Path, user_tasks_dir: Path) -> None
         tmp_path / "suite", arith("add"), 5, include_paths=[user], user_tasks=["user_echo"]
     )
     assert after.hash != before  # the user's data is part of the hash
+    # the user's folder is in every task's hash: which of its files define a task, or
+    # shadow one, cannot be told from outside
+    assert set(after.task_hashes).isdisjoint(spec.task_hashes)
+    plain = write_suite(tmp_path / "plain", arith("add"), 5)
+    assert plain.task_hash("tutord_add") != spec.task_hash("tutord_add")
+    strict = write_suite(
+        tmp_path / "suite",
+        arith("add"),
+        5,
+        include_paths=[user],
+        user_tasks=[SuiteTask(name="user_echo", filter="strict")],
+    )
+    assert strict.task_hash("user_echo") != after.task_hash("user_echo")
+    assert strict.task_hash("tutord_add") == after.task_hash("tutord_add")
     only_user = user_suite([user], ["user_echo"])
     assert only_user.root is None and only_user.task_names == ("user_echo",)
     with pytest.raises(ValueError, match="no_such_task"):
