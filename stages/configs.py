@@ -233,6 +233,13 @@ class SFTStageConfig:
     answer weighs as much as many short ones), or "rows", the mean over its chats of each
     chat's mean (a two-token answer weighs as much as a 48-token rehearsal answer)."""
 
+    protect_tasks: tuple[str, ...] = ()
+    """Tasks whose rows are general text to leave as the base computes it (the rehearsal
+    rows): a fresh adapter's `lora_A` is fixed on the directions where the other rows'
+    inputs are largest relative to these rows' and frozen, so only `lora_B` trains
+    (`stages/sft_protect.py`); a continued adapter keeps its parent's `lora_A`, frozen.
+    Empty: off."""
+
     def __post_init__(self) -> None:
         check_bounds(self)
         if self.share_prefix and not self.padding_free:

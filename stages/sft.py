@@ -99,7 +99,36 @@ def setup(config: SFTStageConfig) -> SFTSession:
     run = stage_run.build_run(STAGE, config, inputs, trainer_class, args, dataset)
     run.trainer.loss_average = config.loss_average
     run.trainer.data_collator = collator(run.trainer.data_collator, config)
+    if config.protect_tasks:
+        protect(run, rows, config)
     return SFTSession(run=run, loss_mode=loss_mode)
+
+
+def protect(run: stage_run.StageRun, rows: list[dict[str, Any]], config: SFTStageConfig) -> None:
+    """Fix and freeze `lora_A` so that `protect_tasks`' rows pass nearly as the base computes
+    them (`stages.sft_protect`); a continued adapter keeps its parent's `lora_A`, frozen."""
+    from stages import sft_protect
+
+    model = run.trainer.model
+    if config.parent_adapter is not None:
+        sft_protect.freeze_lora_a(model)
+        return
+    protected = [r for r in rows if r.get("task") in config.protect_tasks]
+    others = [r for r in rows if r.get("task") not in config.protect_tasks]
+    if not protected or not others:
+        raise ValueError(
+            f"protect_tasks {list(config.protect_tasks)}: the training file needs rows of "
+            f"those tasks and rows of others ({len(protected)} and {len(others)})"
+        )
+    tokenizer = run.trainer.processing_class
+
+    def token_ids(chosen: list[dict[str, Any]]) -> list[list[int]]:
+        return [
+            list(tokenizer.apply_chat_template(r["messages"], return_dict=True)["input_ids"])
+            for r in chosen
+        ]
+
+    sft_protect.fix_lora_a(model, token_ids(others), token_ids(protected))
 
 
 def collator(padded: Any, config: SFTStageConfig) -> Any:
