@@ -163,6 +163,7 @@ def write_config(home: Home, model: str, tasks: list[str], rehearsal: bool) -> N
     if not rehearsal:
         config["replay"]["ratio"] = 0.0
         config["replay"]["rehearsal_prompts"] = ""
+        config["train"]["sft"]["protect_tasks"] = []
     declared: dict[str, Any] = {"retention": {**RETENTION, "prompts": "retention.jsonl"}}
     for name in tasks:
         declared[name] = {

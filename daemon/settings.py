@@ -394,6 +394,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _protected_rehearsal_is_made(self) -> Settings:
+        if "rehearsal" in self.train.sft.protect_tasks and not self.replay.rehearsal_prompts:
+            raise ValueError(
+                "[train.sft] protect_tasks names 'rehearsal', but no rehearsal rows are made: "
+                "set replay.rehearsal_prompts, or leave 'rehearsal' out of protect_tasks"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -43,8 +43,10 @@ def test_the_config_declares_the_tasks_so_far_and_loads(tmp_path: Path) -> None:
     assert settings.tasks["retention"].grader == "contains"
     assert settings.tasks["retention"].heldout_percent == 100  # gated, never trained on
     assert settings.replay.ratio == 0.5 and settings.replay.rehearsal_prompts == "shipped"
+    assert settings.train.sft.protect_tasks == ("rehearsal",)
     write_config(home, "smol", ["sum2", "diff2"], rehearsal=False)
     settings = load_settings(tmp_path)
     assert set(settings.tasks) == {"retention", "sum2", "diff2"}
     assert settings.tasks["retention"].heldout_percent == 100
     assert settings.replay.ratio == 0.0 and settings.replay.rehearsal_prompts == ""
+    assert settings.train.sft.protect_tasks == ()  # no rehearsal rows to protect

@@ -102,6 +102,16 @@ def test_answers_kept_as_generated_for_kl_rehearsal(db_engine: Engine, tmp_path:
     assert answers == {"Hi there, how are", "A dog is a pet. It"}
 
 
+def test_protected_rehearsal_needs_rehearsal_rows() -> None:
+    """`protect_tasks = ["rehearsal"]` without rehearsal prompts would fail every SFT stage
+    for want of those rows: refused in the settings."""
+    protect = {"train": {"sft": {"protect_tasks": ["rehearsal"]}}}
+    with pytest.raises(ValueError, match="protect_tasks names 'rehearsal'"):
+        Settings.model_validate(protect)
+    settings = Settings.model_validate({**protect, "replay": {"rehearsal_prompts": "shipped"}})
+    assert settings.train.sft.protect_tasks == ("rehearsal",)
+
+
 def test_off_by_default_and_bad_lines_are_named(db_engine: Engine, tmp_path: Path) -> None:
     home = Home(tmp_path)
     assert ensure_rehearsal(db_engine, home, Settings(), lambda: Scripted({})) is None
