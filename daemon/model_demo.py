@@ -6,7 +6,9 @@ questions and keeps those it answers right as the RETENTION task (`evals/retenti
 all held out and gated like any task. Rehearsal data comes from elsewhere: the base's own
 answers to tutord's shipped general prompts (`[replay] rehearsal_prompts = "shipped"`,
 `daemon/rehearsal.py`), replayed beside each SFT stage's fresh rows and taught by KL
-to the base's distributions (`[train.sft] distill_tasks`, `stages/sft_distill.py`). Then
+to the base's distributions (`[train.sft] distill_tasks`, `stages/sft_distill.py`), with
+each fresh adapter's `lora_A` fixed where the task's inputs are and the rehearsal rows' are
+not (`[train.sft] protect_tasks`, `stages/sft_protect.py`). Then
 two tasks arrive one after another, each declared in the home's `tutord.toml` only
 (`[tasks.sum2]`, later `[tasks.diff2]`: two-digit sums and differences answered with the
 number alone, graded `exact`), with traffic like real traffic before every cycle: mostly
