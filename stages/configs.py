@@ -237,7 +237,8 @@ class SFTStageConfig:
     """Tasks whose rows are general text to leave as the base computes it (the rehearsal
     rows): a fresh adapter's `lora_A` is fixed on the directions where the other rows'
     inputs are largest relative to these rows' and frozen, so only `lora_B` trains
-    (`stages/sft_protect.py`); a continued adapter keeps its parent's `lora_A`, frozen.
+    (`stages/sft_protect.py`); a continued adapter is re-fixed on its own rows' directions,
+    its parent's update carried onto them.
     Empty: off."""
 
     def __post_init__(self) -> None:

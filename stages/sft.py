@@ -16,6 +16,7 @@ It does not choose data, evaluate or promote the adapter (the daemon, judges and
 from __future__ import annotations
 
 import logging
+import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from stages.stage_io import StageResult
 log = logging.getLogger(__name__)
 
 STAGE = "sft"
+PROTECT_CHATS = 320
+"""The most chats of each side `protect_tasks` reads to find its directions."""
 
 
 @dataclass
@@ -106,13 +109,11 @@ def setup(config: SFTStageConfig) -> SFTSession:
 
 def protect(run: stage_run.StageRun, rows: list[dict[str, Any]], config: SFTStageConfig) -> None:
     """Fix and freeze `lora_A` so that `protect_tasks`' rows pass nearly as the base computes
-    them (`stages.sft_protect`); a continued adapter keeps its parent's `lora_A`, frozen."""
+    them (`stages.sft_protect`); a continued adapter's update is carried over onto the new
+    directions."""
     from stages import sft_protect
 
     model = run.trainer.model
-    if config.parent_adapter is not None:
-        sft_protect.freeze_lora_a(model)
-        return
     protected = [r for r in rows if r.get("task") in config.protect_tasks]
     others = [r for r in rows if r.get("task") not in config.protect_tasks]
     if not protected or not others:
@@ -123,12 +124,19 @@ def protect(run: stage_run.StageRun, rows: list[dict[str, Any]], config: SFTStag
     tokenizer = run.trainer.processing_class
 
     def token_ids(chosen: list[dict[str, Any]]) -> list[list[int]]:
+        """The chats' token ids; at most `PROTECT_CHATS` of them (a seeded sample), which
+        bounds the base's passes over them."""
+        if len(chosen) > PROTECT_CHATS:
+            kept = sorted(random.Random(config.seed).sample(range(len(chosen)), PROTECT_CHATS))
+            chosen = [chosen[i] for i in kept]
         return [
             list(tokenizer.apply_chat_template(r["messages"], return_dict=True)["input_ids"])
             for r in chosen
         ]
 
-    sft_protect.fix_lora_a(model, token_ids(others), token_ids(protected))
+    sft_protect.fix_lora_a(
+        model, token_ids(others), token_ids(protected), continued=config.parent_adapter is not None
+    )
 
 
 def collator(padded: Any, config: SFTStageConfig) -> Any:

@@ -17,7 +17,8 @@ on `A`) did not help there: the task chats' inputs lie in the same main directio
 general text's. The saved adapter is an ordinary LoRA adapter.
 
 It does not choose the rows (the SFT stage passes them, `protect_tasks`), and a continued
-adapter is not re-fixed: its parent's `lora_A` is kept and frozen (`freeze_lora_a`).
+adapter is re-fixed on its own rows' directions, its parent's update carried over onto them
+(`fix_lora_a(..., continued=True)`).
 """
 
 from __future__ import annotations
@@ -108,11 +109,16 @@ def discriminative_directions(
 
 
 def fix_lora_a(
-    model: Any, task_rows: Sequence[Sequence[int]], general_rows: Sequence[Sequence[int]]
+    model: Any,
+    task_rows: Sequence[Sequence[int]],
+    general_rows: Sequence[Sequence[int]],
+    continued: bool = False,
 ) -> None:
     """Set every `lora_A` to its layer's discriminative directions (task rows against
-    general rows), scaled so that its output on the task inputs is as large as the fresh
-    `lora_A`'s, and freeze it: only `lora_B` trains."""
+    general rows) and freeze it: only `lora_B` trains. A fresh `lora_A` is scaled so that
+    its output on the task inputs is as large as the random one's; a continued adapter's
+    keeps its parent's size, and its `lora_B` becomes the parent's update seen through the
+    new directions (`B A0 A^T (A A^T)^-1`: the parent's change on inputs in their span)."""
     layers = lora_layers(model)
     task = second_moments(model, task_rows, layers)
     general = second_moments(model, general_rows, layers)
@@ -123,10 +129,16 @@ def fix_lora_a(
             if key not in done:
                 done[key] = discriminative_directions(task[name], general[name], layer.r[adapter])
             q = done[key][0]
-            fresh = a.weight.detach()
-            wanted = torch.trace(fresh @ task[name] @ fresh.T)
+            before = a.weight.detach().clone()
             with torch.no_grad():
-                a.weight.copy_(q * torch.sqrt(wanted / torch.trace(q @ task[name] @ q.T)))
+                if continued:
+                    c2 = float((before * before).sum()) / q.shape[0]  # |A0|^2 / r
+                    b = layer.lora_B[adapter].weight
+                    b.copy_(b @ before @ q.T / c2**0.5)
+                    a.weight.copy_(q * c2**0.5)
+                else:
+                    wanted = torch.trace(before @ task[name] @ before.T)
+                    a.weight.copy_(q * torch.sqrt(wanted / torch.trace(q @ task[name] @ q.T)))
             a.weight.requires_grad_(False)
     held = list(done.values())
     log.info(
@@ -138,11 +150,3 @@ def fix_lora_a(
         100 * sum(h[1] for h in held) / len(held),
         100 * sum(h[2] for h in held) / len(held),
     )
-
-
-def freeze_lora_a(model: Any) -> None:
-    """Freeze every `lora_A` as it is (a continued adapter keeps its parent's)."""
-    for layer in lora_layers(model).values():
-        for a in layer.lora_A.values():
-            a.weight.requires_grad_(False)
-    log.info("lora_A kept as the parent adapter's and frozen; only lora_B trains")

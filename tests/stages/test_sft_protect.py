@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stages import sft
-from stages.sft_protect import discriminative_directions
+from stages.sft_protect import discriminative_directions, fix_lora_a, lora_layers
 from tests.stages.test_sft_distill import divergence_from_base
 from tests.stages.test_stage_support import (
     adapter_weights,
@@ -77,14 +77,51 @@ def test_lora_a_is_fixed_and_the_protected_rows_stay_near_the_base(
     assert near < far / 3, (near, far)
 
 
-def test_a_continued_adapter_keeps_its_parents_lora_a(
-    world: dict[str, Path], tmp_path: Path
+def test_a_continued_adapter_carries_its_update_onto_the_new_directions(
+    world: dict[str, Path],
 ) -> None:
+    """Continuing a parent: `lora_A` is re-fixed (and frozen), and `lora_B` becomes the
+    parent's update seen through the new directions: `B A = B0 A0 P`, P the projection on
+    the new `lora_A`'s rows."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(world["base"])
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(world["base"]), world["parent"], is_trainable=True
+    )
+
+    def token_ids(chats: list[dict[str, Any]]) -> list[list[int]]:
+        return [
+            list(tokenizer.apply_chat_template(r["messages"], return_dict=True)["input_ids"])
+            for r in chats
+        ]
+
+    layers = lora_layers(model)
+    before = {
+        n: (m.lora_A["default"].weight.clone(), m.lora_B["default"].weight.clone())
+        for n, m in layers.items()
+    }
+    fix_lora_a(
+        model, token_ids(rows("add", "add", 8)), token_ids(rows("r", "mul", 8)), continued=True
+    )
+    for name, layer in layers.items():
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        a0, b0 = before[name]
+        assert not a.requires_grad and b.requires_grad
+        assert not torch.allclose(a, a0)
+        projection = a.T @ torch.linalg.inv(a @ a.T) @ a
+        assert torch.allclose(b @ a, b0 @ a0 @ projection, atol=1e-5)
+
+
+def test_a_continued_stage_trains_lora_b_only(world: dict[str, Path], tmp_path: Path) -> None:
     kw = {"train": "mixed", "max_steps": 2, "parent_adapter": str(world["parent"])}
-    continued = sft.run(sft_config(world, tmp_path / "c", protect_tasks=("rehearsal",), **kw))
-    parent, after = adapter_weights(world["parent"]), adapter_weights(continued.adapter_path)
-    assert all(torch.equal(w, after[k]) for k, w in lora(parent, "lora_A").items())
-    assert any(not torch.equal(w, after[k]) for k, w in lora(parent, "lora_B").items())
+    short = sft.run(sft_config(world, tmp_path / "c2", protect_tasks=("rehearsal",), **kw))
+    kw["max_steps"] = 4
+    long = sft.run(sft_config(world, tmp_path / "c4", protect_tasks=("rehearsal",), **kw))
+    a2, a4 = adapter_weights(short.adapter_path), adapter_weights(long.adapter_path)
+    assert all(torch.equal(w, a4[k]) for k, w in lora(a2, "lora_A").items())
+    assert any(not torch.equal(w, a4[k]) for k, w in lora(a2, "lora_B").items())
 
 
 def test_protected_rows_are_required(world: dict[str, Path], tmp_path: Path) -> None:
