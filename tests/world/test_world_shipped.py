@@ -58,19 +58,24 @@ def test_damaged_shipped_weights_are_refused(
 @pytest.mark.slow
 @pytest.mark.longest
 def test_tutord_world_bootstrap_rebuilds_the_shipped_weights_bit_for_bit(tmp_path: Path) -> None:
-    """About 12 minutes on one thread: the whole default pretraining."""
+    """About 12 minutes on one thread: the whole default pretraining. On a CPU with AMX,
+    where the known bug below makes the rebuild differ, only 20 steps are run (the whole
+    one took 888 s of CI's 30-minute budget there) and the comparison is the expected
+    failure."""
     out = tmp_path / "rebuilt"
     args = ["--home", str(tmp_path / "home"), "world", "bootstrap", "--out", str(out)]
-    cli = CliRunner().invoke(app, [*args, "--force", "--json"])
+    short = ["--max-steps", "20"] if _has_amx() else []
+    cli = CliRunner().invoke(app, [*args, "--force", "--json", *short])
     assert cli.exit_code == 0, cli.output
     made = json.loads(cli.stdout)
-    assert made["settings"] == BootstrapSettings().to_dict()
+    wanted = BootstrapSettings(max_steps=20) if short else BootstrapSettings()
+    assert made["settings"] == wanted.to_dict()
     assert made["sha256"] == shipped.weights_sha256(out)
-    if made["sha256"] != shipped.SHA256 and _has_amx():
+    if short:
         pytest.xfail(
-            f"KNOWN BUG: rebuilt {made['sha256'][:12]}, not the shipped {shipped.SHA256[:12]}, on "
-            "a CPU with AMX: the pinned numerics do not reproduce the shipped weights there "
-            "(the first step's loss differs in its last bit; world/pretrain_process.py)"
+            "KNOWN BUG: on a CPU with AMX the pinned numerics do not reproduce the shipped "
+            "weights (the first step's loss differs in its last bit; world/pretrain_process.py), "
+            "so only a 20-step rebuild was run here"
         )
     assert made["sha256"] == shipped.SHA256, "the rebuilt weights differ from the shipped ones"
 
