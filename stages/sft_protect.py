@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from stages.generate.hf import right_pad
+
 log = logging.getLogger(__name__)
 
 
@@ -71,7 +73,7 @@ def second_moments(
         with torch.no_grad(), model.disable_adapter():
             ordered = sorted(token_rows, key=len)  # little padding
             for start in range(0, len(ordered), batch):
-                ids, mask = _padded(ordered[start : start + batch])
+                ids, mask = right_pad(ordered[start : start + batch], 0)
                 real[:] = [mask.bool()]
                 seen.clear()
                 model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
@@ -79,16 +81,6 @@ def second_moments(
         for handle in handles:
             handle.remove()
     return {name: moments[first] for name, first in source.items()}
-
-
-def _padded(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(list(row))
-        mask[i, : len(row)] = 1
-    return ids, mask
 
 
 def discriminative_directions(
