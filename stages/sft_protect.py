@@ -9,7 +9,7 @@ task inputs' energy is largest relative to the protected inputs' (generalized
 eigenvectors, each moment scaled to unit trace), scaled to a fresh `lora_A`'s output size on
 the task inputs; `lora_A` is then frozen and only `lora_B` trains. On the real-model demo's
 first cycle those directions held about 3% of the task chats' input energy and 0.04% of the
-general chats' (README, "Adapters"): a fixed-`A` LoRA (LoRA-FA) whose `A` is chosen from
+general chats' (README, "Training stages"): a fixed-`A` LoRA (LoRA-FA) whose `A` is chosen from
 data, in the spirit of InfLoRA and LoRA-Null.
 
 Keeping `lora_A` off the general inputs' main directions instead (Gradient Projection Memory
