@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.home import Home
-from daemon.model_demo import MIX, task_rows, traffic, write_config
+from daemon.model_demo import HELDOUT_PERCENT, MIX, task_rows, traffic, write_config
 from daemon.settings import load_settings
+from daemon.tasks import in_heldout_bucket
 
 
 def test_task_rows_are_distinct_two_digit_questions_with_exact_references() -> None:
@@ -16,6 +17,13 @@ def test_task_rows_are_distinct_two_digit_questions_with_exact_references() -> N
         a, b = (int(x) for x in row["prompt"].removeprefix("What is ").rstrip("?").split(" - "))
         assert 10 <= b <= a <= 99 and row["reference"] == str(a - b)
     assert task_rows("sum2") == task_rows("sum2") != task_rows("sum2", seed=1)
+
+
+def test_each_task_holds_out_enough_items_for_the_gate_to_see_the_tolerance() -> None:
+    for name in ("sum2", "diff2"):
+        held = [r for r in task_rows(name) if in_heldout_bucket(r["prompt"], HELDOUT_PERCENT)]
+        # ~300 items: a drop of 0.05 is detectable (84, at 10%, could not tell it)
+        assert 280 <= len(held) <= 360
 
 
 def test_traffic_is_mostly_bare_with_some_ratings_and_right_corrections() -> None:
@@ -42,6 +50,7 @@ def test_the_config_declares_the_tasks_so_far_and_loads(tmp_path: Path) -> None:
     assert set(settings.tasks) == {"retention", "sum2"}
     assert settings.tasks["retention"].grader == "contains"
     assert settings.tasks["retention"].heldout_percent == 100  # gated, never trained on
+    assert settings.tasks["sum2"].heldout_percent == HELDOUT_PERCENT
     assert settings.replay.ratio == 0.5 and settings.replay.rehearsal_prompts == "shipped"
     assert settings.train.sft.protect_tasks == ("rehearsal",)
     write_config(home, "smol", ["sum2", "diff2"], rehearsal=False)
